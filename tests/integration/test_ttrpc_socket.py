@@ -31,7 +31,7 @@ from pyshim.ttrpc import (
     listen_unix,
     service_from_descriptor,
 )
-from pyshim.ttrpc.frame import FrameDecoder, MessageType, encode_frame
+from pyshim.ttrpc.frame import Frame, FrameDecoder, MessageType, encode_frame
 from pyshim.ttrpc.proto import ttrpc_pb2
 from tests.integration.conftest import ServerProcess
 
@@ -175,7 +175,7 @@ def raw_exchange(path: str, data: bytes, *, expect_frames: int) -> list[tuple[in
                 break
             decoder.feed(chunk)
             for frame in decoder.events():
-                assert not isinstance(frame, type(None))
+                assert isinstance(frame, Frame)
                 assert frame.type == MessageType.RESPONSE
                 frames.append((frame.stream_id, ttrpc_pb2.Response.FromString(frame.data)))
         return frames
