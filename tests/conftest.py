@@ -1,0 +1,17 @@
+"""Suite-wide: counts of fuzz inputs run, printed in the terminal summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+FUZZ_INPUTS: Counter[str] = Counter()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FUZZ_INPUTS:
+        terminalreporter.section("fuzz inputs run")
+        for name, count in sorted(FUZZ_INPUTS.items()):
+            terminalreporter.write_line(f"{name}: {count}")
+        terminalreporter.write_line(f"total: {sum(FUZZ_INPUTS.values())}")
