@@ -72,7 +72,6 @@ class Server:
         self.require_same_user = require_same_user
         self._listeners: list[asyncio.AbstractServer] = []
         self._connections: set[_ServerProtocol] = set()
-        self._idle = asyncio.Event()
 
     def register(self, service: Service) -> None:
         if service.name in self._services:

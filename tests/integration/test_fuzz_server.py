@@ -5,9 +5,11 @@ well-behaved client, and may only ever answer with response frames on stream ids
 from __future__ import annotations
 
 import asyncio
+import selectors
 import socket
 import struct
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,20 +83,36 @@ def sent_stream_ids(data: bytes) -> set[int]:
 
 
 def exchange(path: str, data: bytes, abrupt: bool) -> bytes:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
+    """Send data while reading answers (the server stops reading a peer that does not read its
+    answers, so a blocking sendall could deadlock); then half-close and read to EOF."""
+    received = bytearray()
+    with socket.socket(socket.AF_UNIX) as sock, selectors.DefaultSelector() as selector:
         sock.connect(path)
-        try:
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            return b""
-        if abrupt:
-            return b""
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-        return received
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        view, deadline, sending = memoryview(data), time.monotonic() + 30, True
+        while True:
+            assert time.monotonic() < deadline, "server stopped answering"
+            if sending and not view:
+                if abrupt:
+                    return b""
+                sock.shutdown(socket.SHUT_WR)
+                selector.modify(sock, selectors.EVENT_READ)
+                sending = False
+            for _, mask in selector.select(timeout=1):
+                if mask & selectors.EVENT_READ:
+                    try:
+                        chunk = sock.recv(1 << 16)
+                    except ConnectionResetError:
+                        return bytes(received)
+                    if not chunk:
+                        return bytes(received)
+                    received += chunk
+                if mask & selectors.EVENT_WRITE and view:
+                    try:
+                        view = view[sock.send(view[: 1 << 16]) :]
+                    except (BrokenPipeError, ConnectionResetError):
+                        return bytes(received)
 
 
 def healthy(path: str) -> None:
