@@ -14,7 +14,7 @@ import uvloop
 from pyshim.protos.containerd.task.v2 import shim_pb2
 from pyshim.protos.containerd.types.task import task_pb2
 from pyshim.ttrpc import Client, Code, NotFound, Unimplemented
-from pyshim.ttrpc.frame import Frame, FrameDecoder, MessageType, encode_frame
+from pyshim.ttrpc.frame import Frame, FrameDecoder, MessageType, OversizedFrame, encode_frame
 from pyshim.ttrpc.proto import ttrpc_pb2
 from tests.e2e.conftest import require_e2e
 from tests.e2e.containerd import PrivateContainerd, make_busybox_rootfs
@@ -97,7 +97,7 @@ def test_go_server_rejects_even_stream_ids_like_ours(go_shim: tuple[Path, int]) 
         sock.connect(str(path))
         sock.sendall(encode_frame(2, MessageType.REQUEST, request.SerializeToString()))
         decoder = FrameDecoder()
-        frames = []
+        frames: list[Frame | OversizedFrame] = []
         while not frames:
             chunk = sock.recv(4096)
             assert chunk, "runc-v2 closed the connection without answering"
