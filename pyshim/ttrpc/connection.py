@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -63,6 +64,7 @@ class FrameIgnored:
 
 ServerEvent = RequestReceived | RequestRejected | FrameIgnored
 ClientEvent = ResponseReceived | FrameIgnored
+EventT = TypeVar("EventT", ServerEvent, ClientEvent)
 
 
 class StreamIdsExhausted(Exception):
@@ -88,19 +90,26 @@ def encode_success(stream_id: int, payload: bytes) -> bytes:
     return encode_response(stream_id, ttrpc_pb2.Response(payload=payload))
 
 
-class ServerConnection:
-    """The server side of one connection."""
+class _FramedConnection(Generic[EventT]):
+    """Either side: frames from the byte stream, each turned into one event by the subclass."""
 
     def __init__(self, max_length: int = MAX_MESSAGE_LENGTH) -> None:
         self._decoder = FrameDecoder(max_length)
 
-    def receive_data(self, data: bytes) -> list[ServerEvent]:
+    def receive_data(self, data: bytes) -> list[EventT]:
         self._decoder.feed(data)
         return [self._interpret(event) for event in self._decoder.events()]
 
     def receive_eof(self) -> None:
         """Raises TruncatedFrame when the peer hung up inside a frame."""
         self._decoder.close()
+
+    def _interpret(self, event: Frame | OversizedFrame) -> EventT:
+        raise NotImplementedError
+
+
+class ServerConnection(_FramedConnection[ServerEvent]):
+    """The server side of one connection."""
 
     def _interpret(self, event: Frame | OversizedFrame) -> ServerEvent:
         if isinstance(event, OversizedFrame):
@@ -124,11 +133,11 @@ class ServerConnection:
         return RequestReceived(event.stream_id, request)
 
 
-class ClientConnection:
+class ClientConnection(_FramedConnection[ClientEvent]):
     """The client side of one connection: odd stream ids from 1, responses matched to calls."""
 
     def __init__(self, max_length: int = MAX_MESSAGE_LENGTH) -> None:
-        self._decoder = FrameDecoder(max_length)
+        super().__init__(max_length)
         self._next_stream_id = 1
         self.pending: set[int] = set()
 
@@ -161,13 +170,6 @@ class ClientConnection:
     def forget(self, stream_id: int) -> None:
         """The caller gave up on this call (timeout, cancellation): a late answer is ignored."""
         self.pending.discard(stream_id)
-
-    def receive_data(self, data: bytes) -> list[ClientEvent]:
-        self._decoder.feed(data)
-        return [self._interpret(event) for event in self._decoder.events()]
-
-    def receive_eof(self) -> None:
-        self._decoder.close()
 
     def _interpret(self, event: Frame | OversizedFrame) -> ClientEvent:
         if event.stream_id not in self.pending:
