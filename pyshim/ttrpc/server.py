@@ -35,9 +35,10 @@ log = logging.getLogger("pyshim.ttrpc.server")
 
 _UCRED = struct.Struct("3i")
 
-# Requests in flight on one connection before we stop reading from it (each may hold a 4 MiB
-# payload, so this bounds memory per connection; containerd keeps a handful in flight).
-MAX_IN_FLIGHT = 256
+# Payload bytes held by the handlers in flight on one connection before we stop reading from it.
+# A byte bound, not a count: long-lived tiny calls (one Wait per exec) must never starve the
+# Kill that would end them, while a flood of 4 MiB requests must not grow memory without end.
+MAX_IN_FLIGHT_BYTES = 32 << 20
 
 
 def peer_credentials(sock: Any) -> tuple[int, int, int]:
@@ -119,7 +120,8 @@ class _ServerProtocol(asyncio.Protocol):
         self._server = server
         self._state = ServerConnection()
         self._transport: asyncio.Transport | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: dict[asyncio.Task[None], int] = {}  # task → payload bytes it holds
+        self._in_flight_bytes = 0
         self._peer_pid: int | None = None
         self._reading_paused_for = {"in_flight": False, "writes": False}
 
@@ -182,14 +184,16 @@ class _ServerProtocol(asyncio.Protocol):
 
     def _dispatch(self, event: RequestReceived) -> None:
         task = asyncio.ensure_future(self._handle(event.stream_id, event.request))
-        self._handlers.add(task)
+        size = len(event.request.payload)
+        self._handlers[task] = size
+        self._in_flight_bytes += size
         task.add_done_callback(self._handler_done)
-        if len(self._handlers) >= MAX_IN_FLIGHT:
+        if self._in_flight_bytes >= MAX_IN_FLIGHT_BYTES:
             self._pause_reading("in_flight")
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
-        self._handlers.discard(task)
-        if len(self._handlers) <= MAX_IN_FLIGHT // 2:
+        self._in_flight_bytes -= self._handlers.pop(task, 0)
+        if self._in_flight_bytes <= MAX_IN_FLIGHT_BYTES // 2:
             self._resume_reading("in_flight")
 
     async def _handle(self, stream_id: int, request: ttrpc_pb2.Request) -> None:

@@ -316,3 +316,27 @@ def test_peers_of_another_user_are_refused(short_tmp: Path, caplog: pytest.LogCa
     with caplog.at_level(logging.WARNING, logger="pyshim.ttrpc.server"):
         run(scenario)
     assert any("peer uid/gid differ" in record.getMessage() for record in caplog.records)
+
+
+def test_thousands_of_pending_waits_never_starve_the_kill_that_ends_them(
+    short_tmp: Path,
+) -> None:
+    """Back-pressure bounds bytes in flight, not calls: a pod with many execs has many Waits."""
+
+    async def scenario() -> None:
+        server, path = await start(short_tmp, Handlers())
+        async with await Client.connect(path) as client:
+            waits = [
+                asyncio.ensure_future(client.call(TASK, "Wait", shim_pb2.WaitRequest(id=f"e{i}"),
+                                                  shim_pb2.WaitResponse))
+                for i in range(3000)
+            ]
+            await asyncio.sleep(0.2)
+            assert not any(wait.done() for wait in waits)
+            await client.call(TASK, "Kill", shim_pb2.KillRequest(id="c1"), empty_pb2.Empty,
+                              timeout=10)
+            replies = await asyncio.gather(*waits)
+            assert {reply.exit_status for reply in replies} == {3}
+        await server.close()
+
+    run(scenario)
