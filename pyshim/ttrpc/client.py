@@ -62,9 +62,8 @@ class Client:
         ConnectionClosed when the connection is or goes away.
         """
         pairs = metadata.items() if isinstance(metadata, Mapping) else metadata
-        timeout_nano = max(1, int(timeout * 1e9)) if timeout is not None else 0
         payload = await self._protocol.call(
-            service, method, request.SerializeToString(), timeout_nano, list(pairs), timeout
+            service, method, request.SerializeToString(), list(pairs), timeout
         )
         try:
             return reply_type.FromString(payload)
@@ -135,10 +134,11 @@ class _ClientProtocol(asyncio.Protocol):
         service: str,
         method: str,
         payload: bytes,
-        timeout_nano: int,
         metadata: list[tuple[str, str]],
         timeout: float | None,
     ) -> bytes:
+        # The server is told the same deadline (at least 1 ns: 0 would mean none).
+        timeout_nano = max(1, int(timeout * 1e9)) if timeout is not None else 0
         try:
             async with asyncio.timeout(timeout):
                 await self._can_write.wait()
@@ -147,7 +147,9 @@ class _ClientProtocol(asyncio.Protocol):
                 stream_id, frame = self._state.send_request(
                     service, method, payload, timeout_nano, metadata
                 )
-                future = asyncio.get_running_loop().create_future()
+                future: asyncio.Future[ResponseReceived] = (
+                    asyncio.get_running_loop().create_future()
+                )
                 self._calls[stream_id] = future
                 try:
                     self._transport.write(frame)
@@ -159,8 +161,7 @@ class _ClientProtocol(asyncio.Protocol):
             raise DeadlineExceeded(f"{service}/{method}: context deadline exceeded") from None
         if response.code != Code.OK:
             raise RPCError.from_status(response.code, response.message)
-        reply: bytes = response.payload
-        return reply
+        return response.payload
 
     async def close(self) -> None:
         if self._transport is not None:

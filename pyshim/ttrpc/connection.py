@@ -107,14 +107,16 @@ class _FramedConnection(Generic[EventT]):
     def _interpret(self, event: Frame | OversizedFrame) -> EventT:
         raise NotImplementedError
 
+    def _too_large(self, event: OversizedFrame) -> str:
+        return str(FrameTooLarge(event.length, self._decoder.max_length))
+
 
 class ServerConnection(_FramedConnection[ServerEvent]):
     """The server side of one connection."""
 
     def _interpret(self, event: Frame | OversizedFrame) -> ServerEvent:
         if isinstance(event, OversizedFrame):
-            message = str(FrameTooLarge(event.length, self._decoder.max_length))
-            return RequestRejected(event.stream_id, Code.RESOURCE_EXHAUSTED, message)
+            return RequestRejected(event.stream_id, Code.RESOURCE_EXHAUSTED, self._too_large(event))
         if event.stream_id % 2 != 1:
             return RequestRejected(
                 event.stream_id,
@@ -176,8 +178,9 @@ class ClientConnection(_FramedConnection[ClientEvent]):
             return FrameIgnored(event.stream_id, event.type, "no call in flight on this stream")
         if isinstance(event, OversizedFrame):
             self.pending.discard(event.stream_id)
-            message = str(FrameTooLarge(event.length, self._decoder.max_length))
-            return ResponseReceived(event.stream_id, Code.RESOURCE_EXHAUSTED, message, b"")
+            return ResponseReceived(
+                event.stream_id, Code.RESOURCE_EXHAUSTED, self._too_large(event), b""
+            )
         if event.type != MessageType.RESPONSE:
             return FrameIgnored(event.stream_id, event.type, f"message type {event.type:#04x}")
         self.pending.discard(event.stream_id)

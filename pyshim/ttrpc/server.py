@@ -219,24 +219,18 @@ class _ServerProtocol(asyncio.Protocol):
             return encode_error(
                 stream_id, Code.INTERNAL, f"ttrpc: error unmarshalling payload: {error}"
             )
+        timeout = request.timeout_nano / 1e9 if request.timeout_nano else None
+        if timeout is not None and timeout <= 0:
+            return encode_error(stream_id, Code.DEADLINE_EXCEEDED, "context deadline exceeded")
         metadata: dict[str, tuple[str, ...]] = {}
         for pair in request.metadata:
             metadata[pair.key] = (*metadata.get(pair.key, ()), pair.value)
-        loop = asyncio.get_running_loop()
-        timeout = request.timeout_nano / 1e9 if request.timeout_nano else None
-        deadline = loop.time() + timeout if timeout is not None else None
+        deadline = asyncio.get_running_loop().time() + timeout if timeout is not None else None
         context = CallContext(request.service, request.method, metadata, deadline, self._peer_pid)
-        if timeout is not None and timeout <= 0:
-            return encode_error(stream_id, Code.DEADLINE_EXCEEDED, "context deadline exceeded")
         try:
             async with asyncio.timeout_at(deadline):
                 reply = await method.handler(message, context)
-        except asyncio.CancelledError:
-            raise
-        except TimeoutError as error:
-            reason = str(error) or "context deadline exceeded"
-            return encode_error(stream_id, Code.DEADLINE_EXCEEDED, reason)
-        except Exception as error:
+        except Exception as error:  # an expired deadline is a TimeoutError: DEADLINE_EXCEEDED
             code, text = status_for_exception(error)
             if code == Code.UNKNOWN:
                 log.exception("%s/%s failed", request.service, request.method)
