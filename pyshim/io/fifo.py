@@ -1,0 +1,72 @@
+"""Opening the client's FIFOs (containerd's `ctr`, CRI) without ever blocking.
+
+Owns the two tricks of spec §6.2: an extra read end kept on every output FIFO (so a client
+going away never gives us EPIPE; data waits in the FIFO), and a keep-open write end on the
+stdin FIFO (so the container's stdin survives a client detaching; CloseIO closes it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class OutputTarget:
+    """Where one output stream goes: the fd we write, plus fds held only to keep it usable."""
+
+    fd: int
+    keepalive: int | None = None
+
+    def close(self) -> None:
+        for fd in (self.fd, self.keepalive):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+@dataclass(slots=True)
+class InputSource:
+    """The stdin FIFO: the fd we read, and our keep-open writer (closed by CloseIO)."""
+
+    fd: int
+    keepalive: int | None = None
+
+    def close_keepalive(self) -> None:
+        if self.keepalive is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.keepalive)
+            self.keepalive = None
+
+    def close(self) -> None:
+        self.close_keepalive()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def open_output(path: str) -> OutputTarget:
+    """A FIFO gets a reader of our own first, so opening it for writing cannot block or fail
+    while the client has not opened its end yet. Any other existing file is appended to (no
+    create: a missing path is the caller's error)."""
+    if stat.S_ISFIFO(os.stat(path).st_mode):
+        keepalive = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except BaseException:
+            os.close(keepalive)
+            raise
+        return OutputTarget(fd, keepalive)
+    return OutputTarget(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC))
+
+
+def open_input(path: str) -> InputSource:
+    """Read end first (never blocks), then our writer (succeeds because a reader exists)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        keepalive = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except BaseException:
+        os.close(fd)
+        raise
+    return InputSource(fd, keepalive)

@@ -1,0 +1,183 @@
+"""Runtime options (spec §1.9): runc Options, runtimeoptions.v1.Options, or none.
+
+Owns decoding the options Any, the pyshim config file it may point to, and the options.json /
+runtime files that let `delete` find runc without the daemon. Raises InvalidOptions for what
+it cannot read; never guesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+# Lean on purpose: `delete` imports this module (options.json), so no protobuf or asyncio at
+# import time; the option messages are decoded with lazy imports.
+
+DEFAULT_BINARY = "runc"
+DEFAULT_ROOT = "/run/containerd/runc"
+
+
+class InvalidOptions(ValueError):
+    """Runtime options we cannot use; the message says which and why."""
+
+
+RUNC_OPTIONS = "containerd.runc.v1.Options"
+RUNTIME_OPTIONS = "runtimeoptions.v1.Options"
+LEGACY_RUNC_OPTIONS = "containerd.linux.runc.RuncOptions"
+
+
+@dataclass(frozen=True, slots=True)
+class RuncOptions:
+    """The runc Options fields pyshim uses (zero values = defaults)."""
+
+    no_pivot_root: bool = False
+    no_new_keyring: bool = False
+    shim_cgroup: str = ""
+    io_uid: int = 0
+    io_gid: int = 0
+    binary_name: str = ""
+    root: str = ""
+    criu_path: str = ""
+    systemd_cgroup: bool = False
+    criu_image_path: str = ""
+    criu_work_path: str = ""
+
+    @property
+    def binary(self) -> str:
+        return self.binary_name or DEFAULT_BINARY
+
+    def runc_root(self, namespace: str) -> str:
+        return os.path.join(self.root or DEFAULT_ROOT, namespace)
+
+    def to_json(self) -> str:
+        """Go-style: snake_case keys, zero values omitted."""
+        return json.dumps({key: value for key, value in asdict(self).items() if value})
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], source: str) -> RuncOptions:
+        known = {field.name: field for field in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            name = _snake(key)
+            if name not in known:
+                continue  # fields of newer containerd versions (task_api_address, …)
+            expected = type(getattr(cls(), name))
+            if not isinstance(value, expected):
+                raise InvalidOptions(
+                    f"{source}: option {key} must be a {expected.__name__}, got {value!r}"
+                )
+            values[name] = value
+        return cls(**values)
+
+
+def _snake(key: str) -> str:
+    # TOML tables in containerd's config use Go field names (BinaryName, SystemdCgroup).
+    if "_" in key or key.islower():
+        return key
+    out = ""
+    for index, char in enumerate(key):
+        if char.isupper() and index and not key[index - 1].isupper():
+            out += "_"
+        out += char.lower()
+    return out
+
+
+def decode(type_url: str, value: bytes) -> RuncOptions:
+    """Options from an Any's parts; an empty type URL means none (as runc-v2 treats it)."""
+    if not type_url:
+        return RuncOptions()
+    name = type_url.rsplit("/", 1)[-1]
+    if name == RUNC_OPTIONS:
+        from pyshim.protos.containerd.runc.v1 import options_pb2
+
+        message = options_pb2.Options.FromString(value)
+        return RuncOptions(
+            no_pivot_root=message.no_pivot_root,
+            no_new_keyring=message.no_new_keyring,
+            shim_cgroup=message.shim_cgroup,
+            io_uid=message.io_uid,
+            io_gid=message.io_gid,
+            binary_name=message.binary_name,
+            root=message.root,
+            criu_path=message.criu_path,
+            systemd_cgroup=message.systemd_cgroup,
+            criu_image_path=message.criu_image_path,
+            criu_work_path=message.criu_work_path,
+        )
+    if name == RUNTIME_OPTIONS:
+        from pyshim.protos.runtimeoptions.v1 import api_pb2
+
+        runtime_options = api_pb2.Options.FromString(value)
+        if runtime_options.config_body:
+            return _from_toml(runtime_options.config_body.decode(), "runtime options config_body")
+        if runtime_options.config_path:
+            return load_config_file(runtime_options.config_path)
+        return RuncOptions()
+    raise InvalidOptions(
+        f"unsupported runtime options type {type_url!r} (pyshim understands {RUNC_OPTIONS} "
+        f"and {RUNTIME_OPTIONS})"
+    )
+
+
+def load_config_file(path: str) -> RuncOptions:
+    """A pyshim config file: TOML (or JSON) with runc Options keys, e.g. binary_name = "…"."""
+    try:
+        with open(path, encoding="utf-8") as config:
+            text = config.read()
+    except OSError as error:
+        raise InvalidOptions(f"runtime options config_path {path}: {error.strerror}") from error
+    if path.endswith(".json"):
+        try:
+            return RuncOptions.from_mapping(json.loads(text), path)
+        except ValueError as error:
+            raise InvalidOptions(f"runtime options config_path {path}: {error}") from error
+    return _from_toml(text, path)
+
+
+def _from_toml(text: str, source: str) -> RuncOptions:
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidOptions(f"{source}: {error}") from error
+    return RuncOptions.from_mapping(data, source)
+
+
+# ----------------------------------------------------------------------- persisted in bundle
+
+
+def save(bundle: str, options: RuncOptions) -> None:
+    """options.json and runtime, mode 0600, as runc-v2 writes them (for `delete`)."""
+    _write(os.path.join(bundle, "options.json"), options.to_json())
+    _write(os.path.join(bundle, "runtime"), options.binary_name)
+
+
+def load(bundle: str) -> RuncOptions:
+    """What `save` wrote; defaults when the files are missing or unreadable."""
+    try:
+        with open(os.path.join(bundle, "options.json"), encoding="utf-8") as saved:
+            data = json.load(saved)
+    except (OSError, ValueError):
+        data = {}
+    try:
+        with open(os.path.join(bundle, "runtime"), encoding="utf-8") as runtime:
+            binary = runtime.read().strip()
+    except OSError:
+        binary = ""
+    if binary:
+        data["binary_name"] = binary
+    try:
+        return RuncOptions.from_mapping(data if isinstance(data, dict) else {}, "options.json")
+    except InvalidOptions:
+        return RuncOptions()
+
+
+def _write(path: str, text: str) -> None:
+    temporary = path + ".tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temporary, path)

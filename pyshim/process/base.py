@@ -1,0 +1,136 @@
+"""What init and exec processes share: identity, recorded exit, waiters, and the state base.
+
+A process is always in exactly one state object; an operation the state does not allow raises
+a typed error naming the container, the process and the reason. Holds no runc logic itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import Enum
+from typing import TYPE_CHECKING, NoReturn
+
+from pyshim.io import ProcessIO, StdioConfig
+from pyshim.ttrpc.status import NotFound, RPCError, Unknown
+
+if TYPE_CHECKING:
+    from pyshim.process.container import Container
+
+
+class Status(Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+class Process:
+    """State every process carries; the kind-specific work lives in the subclasses."""
+
+    def __init__(
+        self, container: Container, process_id: str, stdio: StdioConfig, io: ProcessIO
+    ) -> None:
+        self.container = container
+        self.id = process_id
+        self.stdio = stdio
+        self.io: ProcessIO = io
+        self.pid = 0
+        self.exit_status = 0
+        self.exited_at_ns: int | None = None
+        # Reaped (the pid is gone and may be reused) is earlier than exited (recorded and
+        # reported after the output is drained).
+        self.reaped = False
+        self._exited = asyncio.Event()
+        self._wait_error: RPCError | None = None
+        self.state: ProcessState = self._initial_state()
+
+    def _initial_state(self) -> ProcessState:
+        raise NotImplementedError
+
+    def stopped_state(self) -> ProcessState:
+        raise NotImplementedError
+
+    @property
+    def is_init(self) -> bool:
+        return self.id == self.container.id
+
+    @property
+    def label(self) -> str:
+        """How messages name this process: `container c1` or `container c1 exec e1`."""
+        if self.is_init:
+            return f"container {self.container.id}"
+        return f"container {self.container.id} exec {self.id}"
+
+    @property
+    def status(self) -> Status:
+        return self.state.status
+
+    @property
+    def exited(self) -> bool:
+        return self._exited.is_set()
+
+    def transition(self, state: ProcessState) -> None:
+        self.state = state
+
+    def record_exit(self, status: int, time_ns: int) -> None:
+        """The exit as reported to containerd: wakes every Wait."""
+        self.exit_status = status
+        self.exited_at_ns = time_ns
+        self._exited.set()
+
+    def release_waiters(self, error: RPCError) -> None:
+        """Deleted without ever exiting: Wait callers get `error` instead of hanging."""
+        if not self._exited.is_set():
+            self._wait_error = error
+            self._exited.set()
+
+    async def wait(self) -> tuple[int, int | None]:
+        """(exit status, exit time in ns) once the process has exited."""
+        await self._exited.wait()
+        if self._wait_error is not None:
+            raise self._wait_error
+        return self.exit_status, self.exited_at_ns
+
+
+class ProcessState:
+    """One state of a process. Every operation is refused unless a subclass allows it."""
+
+    status: Status
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+
+    def refuse(self, message: str) -> NoReturn:
+        raise Unknown(f"{self.process.label}: {message}")
+
+    def gone(self) -> NoReturn:
+        if self.process.is_init:
+            raise NotFound(f"container {self.process.container.id}: container not created")
+        raise NotFound(f"{self.process.label}: process does not exist {self.process.id}")
+
+    async def start(self) -> None:
+        self.refuse(f"cannot start a {self.status.value} process")
+
+    async def delete(self) -> None:
+        self.refuse(f"cannot delete a {self.status.value} process")
+
+    async def kill(self, signal: int, all_processes: bool) -> None:
+        self.refuse(f"cannot kill a {self.status.value} process")
+
+    async def pause(self) -> None:
+        self.refuse(f"cannot pause a {self.status.value} process")
+
+    async def resume(self) -> None:
+        self.refuse(f"cannot resume a {self.status.value} process")
+
+    def check_exec(self) -> None:
+        self.refuse(f"cannot exec in a {self.status.value} state")
+
+    def check_update(self) -> None:
+        self.refuse(f"cannot update a {self.status.value} container")
+
+    def exited(self) -> None:
+        """The reaper saw the process die (output may still be draining)."""
+        self.process.transition(self.process.stopped_state())

@@ -1,0 +1,450 @@
+"""One container: its init and exec processes, its runc, rootfs, cgroup, and its exits.
+
+Owns the order of things (spec §4.4, §5.4, §6.6): an exit is reported after the process's
+start, after its last output byte, and (for the init) after every exec's exit. Talks to runc,
+the reaper, io, mounts and cgroups; tells a Listener what happened, never containerd itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from pyshim import bundle as bundle_files
+from pyshim import cgroups, mount
+from pyshim.io import ProcessIO, StdioConfig, UnsupportedStdio, open_process_io
+from pyshim.options import RuncOptions
+from pyshim.process.base import Process, Status
+from pyshim.process.exec import ExecProcess
+from pyshim.process.init import InitProcess
+from pyshim.protos.containerd.types import mount_pb2
+from pyshim.reaper import Exit, Reaper
+from pyshim.runtime import OCIRuntimeError, Runc
+from pyshim.ttrpc.status import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+    Unknown,
+)
+
+log = logging.getLogger("pyshim.container")
+
+# Delete waits this long for the output relays to reach EOF (spec §6.6: runc-v2 uses 2 s).
+DELETE_DRAIN_TIMEOUT = 2.0
+# The exit report waits this long for the process's last bytes to reach a client that reads
+# slowly; a client that does not read at all must not hide the exit for ever.
+EXIT_DRAIN_TIMEOUT = 10.0
+
+_KILL_GONE = ("container not running", "no such process", "process already finished", "ESRCH")
+
+
+class Listener(Protocol):
+    """What the container reports as it happens (the task service turns it into events)."""
+
+    def process_started(self, process: Process) -> None: ...
+
+    def process_exited(self, process: Process) -> None: ...
+
+    def container_oom(self, container: Container) -> None: ...
+
+
+def read_spec(bundle: str, container_id: str) -> dict[str, Any]:
+    path = os.path.join(bundle, "config.json")
+    if not os.path.isdir(bundle):
+        raise InvalidArgument(f"container {container_id}: bundle {bundle} does not exist")
+    try:
+        with open(path, "rb") as config:
+            spec = json.load(config)
+    except FileNotFoundError as error:
+        raise InvalidArgument(
+            f"container {container_id}: bundle {bundle} has no config.json"
+        ) from error
+    except (OSError, ValueError) as error:
+        raise InvalidArgument(
+            f"container {container_id}: cannot read {path}: {error}"
+        ) from error
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f"container {container_id}: {path} is not a JSON object")
+    return spec
+
+
+def has_private_pid_namespace(spec: Mapping[str, Any]) -> bool:
+    """A `pid` namespace entry without a path: the kernel kills every process when the init
+    dies. Otherwise (host's or another container's) we must kill them ourselves."""
+    namespaces = (spec.get("linux") or {}).get("namespaces") or []
+    return any(
+        isinstance(entry, dict) and entry.get("type") == "pid" and not entry.get("path")
+        for entry in namespaces
+    )
+
+
+def _read_pid(path: str) -> int:
+    with open(path, encoding="ascii") as pid_file:
+        return int(pid_file.read().strip())
+
+
+class Container:
+    """Created by `create()`; afterwards every Task call for this id lands here."""
+
+    def __init__(
+        self,
+        *,
+        container_id: str,
+        bundle: str,
+        namespace: str,
+        options: RuncOptions,
+        reaper: Reaper,
+        listener: Listener,
+        oom_watcher: cgroups.OOMWatcher | None = None,
+        exit_drain_timeout: float = EXIT_DRAIN_TIMEOUT,
+    ) -> None:
+        self.id = container_id
+        self.bundle = bundle
+        self.namespace = namespace
+        self.options = options
+        self.reaper = reaper
+        self.listener = listener
+        self.oom_watcher = oom_watcher
+        self.exit_drain_timeout = exit_drain_timeout
+        self.runc = Runc(
+            reaper,
+            binary=options.binary,
+            root=options.runc_root(namespace),
+            log_path=os.path.join(bundle, "log.json"),
+            systemd_cgroup=options.systemd_cgroup,
+            criu=options.criu_path,
+        )
+        self.init: InitProcess = InitProcess(self, container_id, StdioConfig(), ProcessIO())
+        self.execs: dict[str, ExecProcess] = {}
+        self._exec_specs: dict[str, dict[str, Any]] = {}
+        self.rootfs: list[mount_pb2.Mount] = []
+        self.private_pid_namespace = True
+        self.cgroup: cgroups.Cgroup | None = None
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._start_done: dict[str, asyncio.Event] = {}
+        self._exec_starts = 0
+        self._exec_change = asyncio.Event()
+
+    @property
+    def rootfs_path(self) -> str:
+        return os.path.join(self.bundle, "rootfs")
+
+    # ----------------------------------------------------------------------------- create
+
+    async def create(
+        self,
+        rootfs: Sequence[mount_pb2.Mount],
+        stdio: StdioConfig,
+        *,
+        io: ProcessIO | None = None,
+    ) -> int:
+        """Mount the rootfs, prepare stdio, `runc create`; returns the init pid.
+
+        `io` replaces the I/O that `stdio` would open (a front end relaying its own fds).
+        """
+        spec = read_spec(self.bundle, self.id)
+        self.private_pid_namespace = has_private_pid_namespace(spec)
+        if rootfs:
+            os.makedirs(self.rootfs_path, mode=0o711, exist_ok=True)
+            try:
+                mount.mount_all(rootfs, self.rootfs_path)
+            except mount.MountError as error:
+                raise Unknown(f"container {self.id}: {error}") from error
+            self.rootfs = list(rootfs)
+        try:
+            if io is None:
+                io = self._open_io(stdio, self.id)
+            self.init = InitProcess(self, self.id, stdio, io)
+            since = self.reaper.sequence
+            pid_file = os.path.join(self.bundle, "init.pid")
+            try:
+                await self.runc.create(
+                    self.id, self.bundle, pid_file, io.runtime_stdio(),
+                    console_socket=io.console_socket,
+                    no_pivot=self.options.no_pivot_root,
+                    no_new_keyring=self.options.no_new_keyring,
+                )
+                self.init.pid = _read_pid(pid_file)
+            except OCIRuntimeError as error:
+                raise Unknown(
+                    f"container {self.id}: OCI runtime create failed: {error.message}"
+                ) from error
+            except (OSError, ValueError) as error:
+                raise Unknown(
+                    f"container {self.id}: runc create left no usable pid file: {error}"
+                ) from error
+            await io.start()
+        except BaseException:
+            await self.init.io.close()
+            await self._unmount_rootfs()
+            raise
+        self._watch(self.init, since)
+        self._find_cgroup()
+        with contextlib.suppress(OSError):
+            bundle_files.write_shim_pid(self.bundle, os.getpid())
+        return self.init.pid
+
+    def _open_io(self, stdio: StdioConfig, name: str) -> ProcessIO:
+        uid = self.options.io_uid or -1
+        gid = self.options.io_gid or -1
+        try:
+            return open_process_io(stdio, uid=uid, gid=gid, name=f"{self.id}/{name}")
+        except UnsupportedStdio as error:
+            if error.unimplemented:
+                raise Unimplemented(f"container {self.id} process {name}: {error}") from error
+            raise InvalidArgument(f"container {self.id} process {name}: {error}") from error
+        except OSError as error:
+            raise InvalidArgument(
+                f"container {self.id} process {name}: cannot open stdio "
+                f"{error.filename or ''}: {error.strerror}"
+            ) from error
+
+    def _find_cgroup(self) -> None:
+        if self.cgroup is not None or not self.init.pid:
+            return
+        try:
+            self.cgroup = cgroups.cgroup_of_pid(self.init.pid)
+        except Exception as error:  # stats/OOM only; the container works without
+            log.warning("container %s: no cgroup found: %s", self.id, error)
+
+    # ------------------------------------------------------------------------------ start
+
+    async def start(self, process: Process) -> int:
+        """Start (init or exec) with the start reported before any exit of the process."""
+        done = self._start_done.setdefault(process.id, asyncio.Event())
+        done.clear()
+        try:
+            await process.state.start()
+            self.listener.process_started(process)
+        finally:
+            done.set()
+        return process.pid
+
+    async def runtime_start_init(self) -> None:
+        try:
+            await self.runc.start(self.id)
+        except OCIRuntimeError as error:
+            raise Unknown(f"container {self.id}: OCI runtime start failed: {error.message}") \
+                from error
+        self._find_cgroup()
+        if self.oom_watcher is not None and self.cgroup is not None:
+            self.oom_watcher.add(self.id, self.cgroup, lambda _key: self.listener.container_oom(self))
+
+    # ------------------------------------------------------------------------------- exec
+
+    def add_exec(self, exec_id: str, stdio: StdioConfig, spec: dict[str, Any]) -> ExecProcess:
+        if exec_id in self.execs:
+            raise AlreadyExists(f"container {self.id}: id {exec_id}")
+        self.init.state.check_exec()
+        process = ExecProcess(self, exec_id, stdio, ProcessIO())
+        self.execs[exec_id] = process
+        self._exec_specs[exec_id] = spec
+        return process
+
+    async def runtime_start_exec(self, process: ExecProcess) -> None:
+        if self.init.reaped:
+            raise FailedPrecondition(f"container {self.id} init process is not running")
+        spec = dict(self._exec_specs[process.id])
+        spec["terminal"] = process.stdio.terminal
+        process.io = self._open_io(process.stdio, process.id)
+        pid_file = os.path.join(self.bundle, f"{process.id}.pid")
+        since = self.reaper.sequence
+        self._exec_starts += 1
+        try:
+            try:
+                await self.runc.exec(
+                    self.id, spec, pid_file, process.io.runtime_stdio(),
+                    console_socket=process.io.console_socket,
+                )
+                process.pid = _read_pid(pid_file)
+            except OCIRuntimeError as error:
+                raise Unknown(
+                    f"{process.label}: OCI runtime exec failed: {error.message}"
+                ) from error
+            except (OSError, ValueError) as error:
+                raise Unknown(f"{process.label}: runc exec left no usable pid file: {error}") \
+                    from error
+            await process.io.start()
+        except BaseException:
+            await process.io.close()
+            raise
+        finally:
+            self._exec_starts -= 1
+            self._exec_change.set()
+        self._watch(process, since)
+
+    async def forget_exec(self, process: ExecProcess) -> None:
+        await process.io.close(DELETE_DRAIN_TIMEOUT)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.bundle, f"{process.id}.pid"))
+        self.execs.pop(process.id, None)
+        self._exec_specs.pop(process.id, None)
+        self._start_done.pop(process.id, None)
+        process.release_waiters(NotFound(f"{process.label}: process was deleted before it exited"))
+        self._exec_change.set()
+
+    def process(self, exec_id: str) -> Process:
+        if not exec_id:
+            return self.init
+        process = self.execs.get(exec_id)
+        if process is None:
+            raise NotFound(f"container {self.id}: process does not exist {exec_id}")
+        return process
+
+    # ------------------------------------------------------------------------ operations
+
+    async def runtime_kill(self, signal: int, all_processes: bool) -> None:
+        try:
+            await self.runc.kill(self.id, signal, all_processes=all_processes)
+        except OCIRuntimeError as error:
+            if any(marker in error.message for marker in _KILL_GONE):
+                raise NotFound(f"container {self.id}: process already finished") from error
+            if "does not exist" in error.message:
+                raise NotFound(f"container {self.id}: no such container") from error
+            raise Unknown(f"container {self.id}: unknown error after kill: {error.message}") \
+                from error
+
+    async def runtime_pause(self) -> None:
+        try:
+            await self.runc.pause(self.id)
+        except OCIRuntimeError as error:
+            raise Unknown(f"container {self.id}: OCI runtime pause failed: {error.message}") \
+                from error
+
+    async def runtime_resume(self) -> None:
+        try:
+            await self.runc.resume(self.id)
+        except OCIRuntimeError as error:
+            raise Unknown(f"container {self.id}: OCI runtime resume failed: {error.message}") \
+                from error
+
+    async def update(self, resources: dict[str, Any]) -> None:
+        self.init.state.check_update()
+        try:
+            await self.runc.update(self.id, resources)
+        except OCIRuntimeError as error:
+            raise Unknown(f"container {self.id}: OCI runtime update failed: {error.message}") \
+                from error
+
+    async def pids(self) -> list[tuple[int, str]]:
+        """(pid, exec id or "") for every process in the container."""
+        try:
+            pids = await self.runc.ps(self.id)
+        except OCIRuntimeError as error:
+            raise Unknown(f"container {self.id}: failed to list processes: {error.message}") \
+                from error
+        exec_ids = {process.pid: process.id for process in self.execs.values() if process.pid}
+        return [(pid, exec_ids.get(pid, "")) for pid in pids]
+
+    def stats(self) -> Any:
+        self._find_cgroup()
+        if self.cgroup is None:
+            raise NotFound(f"container {self.id}: cgroup does not exist")
+        try:
+            return cgroups.metrics(self.cgroup)
+        except cgroups.CgroupGone as error:
+            raise NotFound(f"container {self.id}: cgroup does not exist") from error
+
+    async def runtime_delete_init(self) -> None:
+        if not self.init.reaped:
+            # Never started (or never exited): its exit now is part of the delete, not news.
+            watcher = self._watchers.pop(self.id, None)
+            if watcher is not None:
+                watcher.cancel()
+        await self.init.io.close(DELETE_DRAIN_TIMEOUT)
+        try:
+            await self.runc.delete(self.id)
+        except OCIRuntimeError as error:
+            if "does not exist" not in error.message:
+                raise Unknown(f"container {self.id}: failed to delete task: {error.message}") \
+                    from error
+        await self._unmount_rootfs()
+        if self.oom_watcher is not None:
+            self.oom_watcher.remove(self.id)
+        self.init.release_waiters(NotFound(f"container {self.id}: deleted before it exited"))
+
+    async def _unmount_rootfs(self) -> None:
+        if self.rootfs:
+            try:
+                await mount.unmount_all_async(self.rootfs_path)
+            except OSError as error:
+                log.warning("container %s: unmounting rootfs: %s", self.id, error)
+            self.rootfs = []
+
+    # ------------------------------------------------------------------------------ exits
+
+    def _watch(self, process: Process, since: int) -> None:
+        future = self.reaper.watch(process.pid, since=since)
+        task = asyncio.get_running_loop().create_task(
+            self._report_exit(process, future), name=f"exit {process.label}"
+        )
+        self._watchers[process.id] = task
+        task.add_done_callback(lambda _t: self._watchers.pop(process.id, None)
+                               if self._watchers.get(process.id) is _t else None)
+
+    async def _report_exit(self, process: Process, future: asyncio.Future[Exit]) -> None:
+        try:
+            exited = await future
+        except asyncio.CancelledError:
+            self.reaper.forget(process.pid, future)
+            raise
+        process.reaped = True
+        log.info("%s: pid %d exited with status %d", process.label, exited.pid, exited.status)
+        if process.is_init:
+            await self._after_init_died(process)
+        try:
+            await asyncio.wait_for(process.io.wait_output(), self.exit_drain_timeout)
+        except TimeoutError:
+            log.warning("%s: output not drained after %.0f s; reporting the exit anyway",
+                        process.label, self.exit_drain_timeout)
+        start_done = self._start_done.get(process.id)
+        if start_done is not None:
+            await start_done.wait()
+        if process.is_init:
+            await self._execs_settled()
+        process.state.exited()
+        process.record_exit(exited.status, exited.time_ns)
+        if process.is_init:
+            try:
+                bundle_files.write_exit_record(self.bundle, exited.status, exited.time_ns)
+            except OSError as error:
+                log.warning("container %s: cannot record the exit: %s", self.id, error)
+        if not process.is_init:
+            self._exec_change.set()
+        self.listener.process_exited(process)
+
+    async def _after_init_died(self, process: Process) -> None:
+        if process.status in (Status.PAUSED, Status.PAUSING):
+            with contextlib.suppress(OCIRuntimeError):
+                await self.runc.resume(self.id)
+        if not self.private_pid_namespace:
+            # No pid namespace of its own: the kernel will not kill the rest for us.
+            with contextlib.suppress(OCIRuntimeError):
+                await self.runc.kill(self.id, 9, all_processes=True)
+        if self.oom_watcher is not None:
+            # Let a pending OOM notification arrive before the exit (CRI reads it first).
+            await asyncio.sleep(0)
+
+    async def _execs_settled(self) -> None:
+        """Until no exec start is in flight and every started exec has reported its exit."""
+        while True:
+            running = [p for p in self.execs.values() if p.pid and not p.exited]
+            if self._exec_starts == 0 and not running:
+                return
+            self._exec_change.clear()
+            await self._exec_change.wait()
+
+    async def close(self) -> None:
+        """Shim going away: stop watching (the processes are not ours to kill)."""
+        for task in list(self._watchers.values()):
+            task.cancel()
+        for process in (self.init, *self.execs.values()):
+            await process.io.close()
+

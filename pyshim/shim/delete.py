@@ -1,0 +1,97 @@
+"""`delete`: clean up after a shim containerd cannot talk to, and report the init's exit.
+
+Idempotent and lean (no asyncio, no protobuf): `runc delete --force`, unmount the rootfs,
+remove a dead shim's socket, print a raw DeleteResponse. Reports the exit status the daemon
+recorded in the bundle when there is one (runc-v2 always says 137).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from pyshim import options as runtime_options
+from pyshim.bundle import read_exit_record
+from pyshim.shim import wire
+from pyshim.shim.args import ShimArgs
+
+KILLED_STATUS = 128 + 9
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path, encoding="ascii") as pid_file:
+            return int(pid_file.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _runc_delete(bundle: str, namespace: str, container_id: str) -> None:
+    opts = runtime_options.load(bundle)
+    argv = [
+        opts.binary, "--root", opts.runc_root(namespace),
+        "--log", os.path.join(bundle, "log.json"), "--log-format", "json",
+        "delete", "--force", container_id,
+    ]
+    try:
+        pid = os.posix_spawnp(argv[0], argv, dict(os.environ))
+    except OSError as error:
+        print(f"runc delete --force {container_id}: {error}", file=sys.stderr)
+        return
+    _, status = os.waitpid(pid, 0)
+    # "does not exist" (already deleted by the daemon) is the usual, harmless failure.
+    if status and not os.path.isdir(os.path.join(opts.runc_root(namespace), container_id)):
+        return
+    if status:
+        print(f"runc delete --force {container_id} failed (status {status})", file=sys.stderr)
+
+
+def _remove_dead_socket(bundle: str) -> None:
+    try:
+        with open(os.path.join(bundle, "address"), encoding="utf-8") as address_file:
+            address = address_file.read().strip()
+    except OSError:
+        return
+    path = address.removeprefix("unix://")
+    if not path.startswith("/"):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(0.1)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        # Nobody serves it any more (a grouped shim that is alive would accept).
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    finally:
+        probe.close()
+
+
+def delete(args: ShimArgs) -> int:
+    if not args.id:
+        print("shim id cannot be empty", file=sys.stderr)
+        return 1
+    bundle = args.bundle or os.getcwd()
+    _runc_delete(bundle, args.namespace, args.id)
+    from pyshim.mount import unmount_all
+
+    try:
+        unmount_all(os.path.join(bundle, "rootfs"))
+    except OSError as error:
+        print(f"unmounting {bundle}/rootfs: {error}", file=sys.stderr)
+    _remove_dead_socket(bundle)
+    pid = _read_pid(os.path.join(bundle, "init.pid"))
+    record = read_exit_record(bundle)
+    status, exited_at = record if record else (KILLED_STATUS, time.time_ns())
+    sys.stdout.buffer.write(
+        wire.encode_delete_response(pid, status, exited_at // 1_000_000_000,
+                                    exited_at % 1_000_000_000)
+    )
+    sys.stdout.buffer.flush()
+    return 0

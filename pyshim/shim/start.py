@@ -1,0 +1,264 @@
+"""`start`: pick the shim for this task, leave a listening socket, print its address, exit.
+
+Lean on purpose (its run time is measured): no asyncio, no protobuf. Binds and listens before
+forking, so the address is dialable the moment it is printed; the daemon continues in the
+forked child through `daemon.serve(config, listener)` without re-executing anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+
+from pyshim.shim import wire
+from pyshim.shim.args import ShimArgs
+
+RUNTIME_NAME = "io.containerd.pyshim.v1"
+DEFAULT_SOCKET_DIR = "/run/containerd/s"
+# First present annotation names the group (one shim per pod); our own first.
+GROUP_ANNOTATIONS = (
+    "io.containerd.pyshim.v1.group",
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+)
+MAX_SOCKET_PATH = 106  # runc-v2 refuses longer paths; sun_path holds 108 with the NUL
+
+
+class StartError(Exception):
+    """start cannot go on; printed as `io.containerd.pyshim.v1: <message>`."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Everything the serving daemon needs, decided by `start` (or by a fork-server)."""
+
+    namespace: str
+    id: str
+    address: str  # containerd's gRPC address (-address)
+    ttrpc_address: str  # where events go ($TTRPC_ADDRESS)
+    bundle: str
+    socket_path: str
+    debug: bool = False
+    publish_binary: str = ""
+    # Runtime options Any from start's stdin (or BootstrapParams), as (type_url, value).
+    options: tuple[str, bytes] = ("", b"")
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StartInput:
+    """What containerd sent on stdin: legacy options Any, or 2.3+ BootstrapParams."""
+
+    options: tuple[str, bytes]
+    bootstrap: bool = False
+    socket_dir: str = ""
+    ttrpc_address: str = ""
+    debug: bool = False
+
+
+def read_start_input(data: bytes, args: ShimArgs) -> StartInput:
+    """Spec §1.10.4: BootstrapParams only if it decodes *and* names our id and namespace."""
+    if data:
+        try:
+            params = _bootstrap_params(data)
+        except wire.WireError:
+            params = None
+        if params is not None and params.get(1) == args.id and params.get(2) == args.namespace:
+            return _from_bootstrap(data)
+        try:
+            return StartInput(options=wire.decode_any(data))
+        except wire.WireError as error:
+            raise StartError(f"cannot decode runtime options on stdin: {error}") from error
+    return StartInput(options=("", b""))
+
+
+def _bootstrap_params(data: bytes) -> dict[int, str] | None:
+    found: dict[int, str] = {}
+    for number, wire_type, value in wire.fields(data):
+        if number in (1, 2, 5, 9) and wire_type == wire.LENGTH and isinstance(value, bytes):
+            try:
+                found[number] = value.decode()
+            except UnicodeDecodeError:
+                return None
+    return found
+
+
+def _from_bootstrap(data: bytes) -> StartInput:
+    options: tuple[str, bytes] = ("", b"")
+    socket_dir = ttrpc_address = ""
+    debug = False
+    for number, wire_type, value in wire.fields(data):
+        if number == 8 and isinstance(value, bytes) and options == ("", b""):
+            # Extension{value = 1 (Any)}: the first one carries the runtime options.
+            for inner_number, _, inner in wire.fields(value):
+                if inner_number == 1 and isinstance(inner, bytes):
+                    options = wire.decode_any(inner)
+        elif number == 9 and isinstance(value, bytes):
+            socket_dir = value.decode()
+        elif number == 5 and isinstance(value, bytes):
+            ttrpc_address = value.decode()
+        elif number == 3 and isinstance(value, int):
+            level = value - (1 << 64) if value >= 1 << 63 else value
+            debug = level <= -4  # LOG_LEVEL_DEBUG or TRACE
+    return StartInput(options, True, socket_dir, ttrpc_address, debug)
+
+
+def group_id(bundle: str, container_id: str) -> str:
+    """The grouping id from config.json's annotations, else the container id (spec §1.6)."""
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as config:
+            annotations = json.load(config).get("annotations") or {}
+    except (OSError, ValueError, AttributeError):
+        return container_id
+    for key in GROUP_ANNOTATIONS:
+        value = annotations.get(key) if isinstance(annotations, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return container_id
+
+
+def socket_path(socket_dir: str, address: str, namespace: str, group: str) -> str:
+    """`<dir>/sha256("<grpc address>/<ns>/<group>")`, as runc-v2 names it."""
+    key = os.path.join(address, namespace, group)
+    return os.path.join(socket_dir, hashlib.sha256(key.encode()).hexdigest())
+
+
+def _alive(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(0.1)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def bind_or_join(path: str) -> socket.socket | None:
+    """A listening socket at path, or None when a live shim already listens there."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    for _ in range(3):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(path)
+        except OSError as error:
+            sock.close()
+            if error.errno != errno.EADDRINUSE:
+                raise StartError(f"cannot listen on {path}: {error.strerror}") from error
+            if _alive(path):
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # stale socket of a dead shim
+            continue
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        return sock
+    raise StartError(f"cannot listen on {path}: it keeps being taken")
+
+
+def write_address(bundle: str, address: str) -> None:
+    """<bundle>/address, written atomically (containerd 1.6/1.7 read it back on restart)."""
+    temporary = os.path.join(bundle, ".address")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, address.encode())
+    finally:
+        os.close(fd)
+    os.replace(temporary, os.path.join(bundle, "address"))
+
+
+def start(args: ShimArgs, stdin: bytes) -> int:
+    bundle = os.getcwd()
+    if not args.id:
+        raise StartError("shim id cannot be empty")
+    given = read_start_input(stdin, args)
+    socket_dir = given.socket_dir or DEFAULT_SOCKET_DIR
+    path = socket_path(socket_dir, args.address, args.namespace, group_id(bundle, args.id))
+    if len(path) > MAX_SOCKET_PATH:
+        raise StartError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
+    address = "unix://" + path
+    listener = bind_or_join(path)
+    if listener is not None:
+        config = DaemonConfig(
+            namespace=args.namespace,
+            id=args.id,
+            address=args.address,
+            ttrpc_address=given.ttrpc_address or os.environ.get("TTRPC_ADDRESS", ""),
+            bundle=bundle,
+            socket_path=path,
+            debug=args.debug or given.debug,
+            publish_binary=args.publish_binary,
+            options=given.options,
+        )
+        try:
+            spawn_daemon(config, listener)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        finally:
+            listener.close()
+    write_address(bundle, address)
+    reply = (
+        wire.encode_bootstrap_result(2, address) if given.bootstrap else address.encode()
+    )
+    sys.stdout.buffer.write(reply)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _oom_score_adj(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", encoding="ascii") as score:
+            return int(score.read())
+    except (OSError, ValueError):
+        return None
+
+
+def spawn_daemon(config: DaemonConfig, listener: socket.socket) -> int:
+    """Fork the serving daemon; returns its pid in the parent, never returns in the child."""
+    containerd_score = _oom_score_adj(os.getppid())
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setsid()
+        detach_stdio(config.bundle)
+        if containerd_score is not None:
+            # The kernel should prefer the shim over containerd (raising is always allowed).
+            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
+                score.write(str(min(containerd_score + 1, 1000)))
+        from pyshim.shim.daemon import serve
+
+        code = serve(config, listener)
+    except BaseException:
+        import traceback
+
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def detach_stdio(bundle: str) -> None:
+    """stdin/stdout → /dev/null (never hold start's pipe), stderr → the bundle's log FIFO."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    try:
+        # containerd holds the FIFO open for reading, so a non-blocking open succeeds.
+        log = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        log = devnull
+    os.dup2(log, 2)
+    for fd in {devnull, log}:
+        if fd > 2:
+            os.close(fd)
