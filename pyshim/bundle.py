@@ -1,7 +1,8 @@
 """Files pyshim keeps in a container's bundle for `delete` and for people debugging.
 
-`init.exit` (the init's recorded exit, so `delete` reports the truth instead of 137) and
-`shim.pid`. Lean: `delete` imports it. Writes are atomic (temp file + rename).
+`options.json` and `runtime` (where runc is, as runc-v2 writes them), `init.exit` (the init's
+recorded exit, so `delete` reports the truth instead of 137) and `shim.pid`. Lean: `delete`
+imports it. Writes are atomic (temp file + rename).
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import os
 
 EXIT_RECORD = "init.exit"
 SHIM_PID = "shim.pid"
+OPTIONS = "options.json"
+RUNTIME = "runtime"
+DEFAULT_BINARY = "runc"
+DEFAULT_ROOT = "/run/containerd/runc"
 
 
 def _write_atomically(path: str, text: str, mode: int = 0o644) -> None:
@@ -43,3 +48,39 @@ def read_exit_record(bundle: str) -> tuple[int, int] | None:
 
 def write_shim_pid(bundle: str, pid: int) -> None:
     _write_atomically(os.path.join(bundle, SHIM_PID), str(pid))
+
+
+def write_runtime_options(bundle: str, options_json: str, binary_name: str) -> None:
+    """options.json (Go-style JSON of the runc Options) and runtime (the binary), mode 0600."""
+    _write_atomically(os.path.join(bundle, OPTIONS), options_json, 0o600)
+    _write_atomically(os.path.join(bundle, RUNTIME), binary_name, 0o600)
+
+
+def read_runtime_options(bundle: str) -> dict[str, object]:
+    """What write_runtime_options stored ({} when missing or unreadable)."""
+    try:
+        with open(os.path.join(bundle, OPTIONS), encoding="utf-8") as saved:
+            data = json.load(saved)
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    try:
+        with open(os.path.join(bundle, RUNTIME), encoding="utf-8") as runtime:
+            binary = runtime.read().strip()
+    except OSError:
+        binary = ""
+    if binary:
+        data["binary_name"] = binary
+    return data
+
+
+def runc_location(bundle: str, namespace: str) -> tuple[str, str]:
+    """(runc binary, runc --root) for a bundle's container, defaults filled in."""
+    data = read_runtime_options(bundle)
+    binary = data.get("binary_name")
+    root = data.get("root")
+    return (
+        binary if isinstance(binary, str) and binary else DEFAULT_BINARY,
+        os.path.join(root if isinstance(root, str) and root else DEFAULT_ROOT, namespace),
+    )

@@ -12,11 +12,9 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-# Lean on purpose: `delete` imports this module (options.json), so no protobuf or asyncio at
-# import time; the option messages are decoded with lazy imports.
-
-DEFAULT_BINARY = "runc"
-DEFAULT_ROOT = "/run/containerd/runc"
+# No protobuf or asyncio at import time; the option messages are decoded with lazy imports.
+from pyshim import bundle as bundle_files
+from pyshim.bundle import DEFAULT_BINARY, DEFAULT_ROOT
 
 
 class InvalidOptions(ValueError):
@@ -150,34 +148,13 @@ def _from_toml(text: str, source: str) -> RuncOptions:
 
 
 def save(bundle: str, options: RuncOptions) -> None:
-    """options.json and runtime, mode 0600, as runc-v2 writes them (for `delete`)."""
-    _write(os.path.join(bundle, "options.json"), options.to_json())
-    _write(os.path.join(bundle, "runtime"), options.binary_name)
+    """options.json and runtime, as runc-v2 writes them (for `delete`)."""
+    bundle_files.write_runtime_options(bundle, options.to_json(), options.binary_name)
 
 
 def load(bundle: str) -> RuncOptions:
     """What `save` wrote; defaults when the files are missing or unreadable."""
     try:
-        with open(os.path.join(bundle, "options.json"), encoding="utf-8") as saved:
-            data = json.load(saved)
-    except (OSError, ValueError):
-        data = {}
-    try:
-        with open(os.path.join(bundle, "runtime"), encoding="utf-8") as runtime:
-            binary = runtime.read().strip()
-    except OSError:
-        binary = ""
-    if binary:
-        data["binary_name"] = binary
-    try:
-        return RuncOptions.from_mapping(data if isinstance(data, dict) else {}, "options.json")
+        return RuncOptions.from_mapping(bundle_files.read_runtime_options(bundle), "options.json")
     except InvalidOptions:
         return RuncOptions()
-
-
-def _write(path: str, text: str) -> None:
-    temporary = path + ".tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(temporary, path)

@@ -168,7 +168,7 @@ class Runc:
         log_start = _log_size(self.log_path) if use_log else 0
         try:
             try:
-                pid, exited = self.reaper.spawn(
+                _pid, exited = self.reaper.spawn(
                     argv,
                     env=self.env,
                     cwd=cwd,

@@ -146,8 +146,12 @@ class TaskService:
                     )
                 except runtime_options.InvalidOptions as error:
                     raise InvalidArgument(f"container {container_id}: {error}") from error
-            if os.path.isdir(request.bundle):
+            try:
                 runtime_options.save(request.bundle, options)
+            except FileNotFoundError as error:
+                raise InvalidArgument(
+                    f"container {container_id}: bundle {request.bundle} does not exist"
+                ) from error
             container = Container(
                 container_id=container_id, bundle=request.bundle, namespace=self.namespace,
                 options=options, reaper=self.reaper, listener=self,

@@ -235,7 +235,9 @@ class Container:
                 from error
         self._find_cgroup()
         if self.oom_watcher is not None and self.cgroup is not None:
-            self.oom_watcher.add(self.id, self.cgroup, lambda _key: self.listener.container_oom(self))
+            self.oom_watcher.add(
+                self.id, self.cgroup, lambda _key: self.listener.container_oom(self)
+            )
 
     # ------------------------------------------------------------------------------- exec
 

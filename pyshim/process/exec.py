@@ -47,6 +47,7 @@ class ExecCreated(ProcessState):
             self.process.transition(ExecRunning(self.process))
 
     async def delete(self) -> None:
+        assert isinstance(self.process, ExecProcess)
         await self.process.container.forget_exec(self.process)
         self.process.transition(ExecDeleted(self.process))
 
@@ -66,6 +67,7 @@ class ExecStopped(ProcessState):
     status = Status.STOPPED
 
     async def delete(self) -> None:
+        assert isinstance(self.process, ExecProcess)
         await self.process.container.forget_exec(self.process)
         self.process.transition(ExecDeleted(self.process))
 

@@ -6,8 +6,6 @@ value; parsing stops at the first non-flag word, the action. Imports nothing hea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 _STRING_FLAGS = {
     "namespace", "id", "address", "publish-binary", "bundle", "socket", "debug-socket",
 }
@@ -18,18 +16,40 @@ class UsageError(ValueError):
     """A command line we cannot run; the message says what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
 class ShimArgs:
-    namespace: str = ""
-    id: str = ""
-    address: str = ""
-    publish_binary: str = ""
-    bundle: str = ""
-    socket: str = ""
-    debug: bool = False
-    version: bool = False
-    info: bool = False
-    action: str = ""
+    """The parsed flags (a plain class: dataclasses would cost `start` ~10 ms of imports)."""
+
+    __slots__ = ("action", "address", "bundle", "debug", "id", "info", "namespace",
+                 "publish_binary", "socket", "version")
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "",
+        id: str = "",
+        address: str = "",
+        publish_binary: str = "",
+        bundle: str = "",
+        socket: str = "",
+        debug: bool = False,
+        version: bool = False,
+        info: bool = False,
+        action: str = "",
+    ) -> None:
+        self.namespace = namespace
+        self.id = id
+        self.address = address
+        self.publish_binary = publish_binary
+        self.bundle = bundle
+        self.socket = socket
+        self.debug = debug
+        self.version = version
+        self.info = info
+        self.action = action
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"ShimArgs({fields})"
 
 
 def parse(argv: list[str]) -> ShimArgs:

@@ -7,13 +7,13 @@ recorded in the bundle when there is one (runc-v2 always says 137).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import time
 
-from pyshim import options as runtime_options
-from pyshim.bundle import read_exit_record
+from pyshim.bundle import read_exit_record, runc_location
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
 
@@ -29,9 +29,9 @@ def _read_pid(path: str) -> int:
 
 
 def _runc_delete(bundle: str, namespace: str, container_id: str) -> None:
-    opts = runtime_options.load(bundle)
+    binary, root = runc_location(bundle, namespace)
     argv = [
-        opts.binary, "--root", opts.runc_root(namespace),
+        binary, "--root", root,
         "--log", os.path.join(bundle, "log.json"), "--log-format", "json",
         "delete", "--force", container_id,
     ]
@@ -42,7 +42,7 @@ def _runc_delete(bundle: str, namespace: str, container_id: str) -> None:
         return
     _, status = os.waitpid(pid, 0)
     # "does not exist" (already deleted by the daemon) is the usual, harmless failure.
-    if status and not os.path.isdir(os.path.join(opts.runc_root(namespace), container_id)):
+    if status and not os.path.isdir(os.path.join(root, container_id)):
         return
     if status:
         print(f"runc delete --force {container_id} failed (status {status})", file=sys.stderr)
@@ -65,10 +65,8 @@ def _remove_dead_socket(bundle: str) -> None:
         return
     except OSError:
         # Nobody serves it any more (a grouped shim that is alive would accept).
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
     finally:
         probe.close()
 

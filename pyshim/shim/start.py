@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
 
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
@@ -34,32 +32,58 @@ class StartError(Exception):
     """start cannot go on; printed as `io.containerd.pyshim.v1: <message>`."""
 
 
-@dataclass(frozen=True, slots=True)
 class DaemonConfig:
-    """Everything the serving daemon needs, decided by `start` (or by a fork-server)."""
+    """Everything the serving daemon needs, decided by `start` (or by a fork-server).
 
-    namespace: str
-    id: str
-    address: str  # containerd's gRPC address (-address)
-    ttrpc_address: str  # where events go ($TTRPC_ADDRESS)
-    bundle: str
-    socket_path: str
-    debug: bool = False
-    publish_binary: str = ""
-    # Runtime options Any from start's stdin (or BootstrapParams), as (type_url, value).
-    options: tuple[str, bytes] = ("", b"")
-    env: dict[str, str] = field(default_factory=dict)
+    Plain classes here and below: dataclasses would cost every `start` ~10 ms of imports.
+    """
+
+    __slots__ = ("address", "bundle", "debug", "id", "namespace", "options", "publish_binary",
+                 "socket_path", "ttrpc_address")
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        id: str,
+        address: str,
+        ttrpc_address: str,
+        bundle: str,
+        socket_path: str,
+        debug: bool = False,
+        publish_binary: str = "",
+        options: tuple[str, bytes] = ("", b""),
+    ) -> None:
+        self.namespace = namespace
+        self.id = id
+        self.address = address  # containerd's gRPC address (-address)
+        self.ttrpc_address = ttrpc_address  # where events go ($TTRPC_ADDRESS)
+        self.bundle = bundle
+        self.socket_path = socket_path
+        self.debug = debug
+        self.publish_binary = publish_binary
+        # Runtime options Any from start's stdin (or BootstrapParams), as (type_url, value).
+        self.options = options
 
 
-@dataclass(frozen=True, slots=True)
 class StartInput:
     """What containerd sent on stdin: legacy options Any, or 2.3+ BootstrapParams."""
 
-    options: tuple[str, bytes]
-    bootstrap: bool = False
-    socket_dir: str = ""
-    ttrpc_address: str = ""
-    debug: bool = False
+    __slots__ = ("bootstrap", "debug", "options", "socket_dir", "ttrpc_address")
+
+    def __init__(
+        self,
+        options: tuple[str, bytes],
+        bootstrap: bool = False,
+        socket_dir: str = "",
+        ttrpc_address: str = "",
+        debug: bool = False,
+    ) -> None:
+        self.options = options
+        self.bootstrap = bootstrap
+        self.socket_dir = socket_dir
+        self.ttrpc_address = ttrpc_address
+        self.debug = debug
 
 
 def read_start_input(data: bytes, args: ShimArgs) -> StartInput:
@@ -93,7 +117,7 @@ def _from_bootstrap(data: bytes) -> StartInput:
     options: tuple[str, bytes] = ("", b"")
     socket_dir = ttrpc_address = ""
     debug = False
-    for number, wire_type, value in wire.fields(data):
+    for number, _wire_type, value in wire.fields(data):
         if number == 8 and isinstance(value, bytes) and options == ("", b""):
             # Extension{value = 1 (Any)}: the first one carries the runtime options.
             for inner_number, _, inner in wire.fields(value):
@@ -123,10 +147,22 @@ def group_id(bundle: str, container_id: str) -> str:
     return container_id
 
 
+def _sha256_hex(data: bytes) -> str:
+    # The builtin module, not hashlib: importing OpenSSL costs ~12 ms of every start.
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # CPython ≤ 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # CPython ≥ 3.12
+        except ImportError:
+            from hashlib import sha256
+    return str(sha256(data).hexdigest())
+
+
 def socket_path(socket_dir: str, address: str, namespace: str, group: str) -> str:
     """`<dir>/sha256("<grpc address>/<ns>/<group>")`, as runc-v2 names it."""
     key = os.path.join(address, namespace, group)
-    return os.path.join(socket_dir, hashlib.sha256(key.encode()).hexdigest())
+    return os.path.join(socket_dir, _sha256_hex(key.encode()))
 
 
 def _alive(path: str) -> bool:
