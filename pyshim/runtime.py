@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pyshim.options import DEFAULT_BINARY, DEFAULT_ROOT
+from pyshim.bundle import DEFAULT_BINARY, DEFAULT_ROOT
 from pyshim.reaper import Reaper
 
 

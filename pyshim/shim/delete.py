@@ -77,7 +77,7 @@ def delete(args: ShimArgs) -> int:
         return 1
     bundle = args.bundle or os.getcwd()
     _runc_delete(bundle, args.namespace, args.id)
-    from pyshim.mount import unmount_all
+    from pyshim.umount import unmount_all
 
     try:
         unmount_all(os.path.join(bundle, "rootfs"))

@@ -19,7 +19,8 @@ FEATURES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/features/
 def info(stdin: bytes) -> int:
     from google.protobuf import any_pb2
 
-    from pyshim.options import DEFAULT_BINARY, InvalidOptions, RuncOptions, decode
+    from pyshim.bundle import DEFAULT_BINARY
+    from pyshim.options import InvalidOptions, RuncOptions, decode
 
     reply = introspection_pb2.RuntimeInfo(name=RUNTIME_NAME)
     reply.version.version = __version__
