@@ -21,10 +21,12 @@ class OutputTarget:
     keepalive: int | None = None
 
     def close(self) -> None:
+        # Idempotent: a second close must never hit an fd number reused since the first.
         for fd in (self.fd, self.keepalive):
-            if fd is not None:
+            if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        self.fd, self.keepalive = -1, None
 
 
 @dataclass(slots=True)
@@ -42,8 +44,10 @@ class InputSource:
 
     def close(self) -> None:
         self.close_keepalive()
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        self.fd = -1
 
 
 def open_output(path: str) -> OutputTarget:

@@ -268,6 +268,7 @@ def spawn_daemon(config: DaemonConfig, listener: socket.socket) -> int:
     try:
         os.setsid()
         detach_stdio(config.bundle)
+        _join_shim_cgroup(config.options)
         if containerd_score is not None:
             # The kernel should prefer the shim over containerd (raising is always allowed).
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
@@ -282,6 +283,25 @@ def spawn_daemon(config: DaemonConfig, listener: socket.socket) -> int:
             traceback.print_exc()
     finally:
         os._exit(code)
+
+
+def _join_shim_cgroup(options: tuple[str, bytes]) -> None:
+    """runc Options.shim_cgroup (field 3): move the daemon there, as runc-v2 does (§1.4)."""
+    type_url, value = options
+    if type_url.rsplit("/", 1)[-1] != "containerd.runc.v1.Options":
+        return
+    cgroup = wire.strings(value).get(3, "").strip("/")
+    if not cgroup:
+        return
+    candidates = [os.path.join("/sys/fs/cgroup", cgroup, "cgroup.procs")]
+    with contextlib.suppress(OSError):
+        candidates += [
+            os.path.join("/sys/fs/cgroup", controller, cgroup, "cgroup.procs")
+            for controller in os.listdir("/sys/fs/cgroup")
+        ]
+    for procs in candidates:
+        with contextlib.suppress(OSError), open(procs, "w") as target:
+            target.write(str(os.getpid()))
 
 
 def detach_stdio(bundle: str) -> None:
