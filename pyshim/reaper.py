@@ -159,6 +159,7 @@ class Reaper:
         stderr: int | None = None,
         pass_fds: Sequence[int] = (),
         new_session: bool = False,
+        new_process_group: bool = False,
     ) -> tuple[int, asyncio.Future[Exit]]:
         """Start argv[0] (a path, or a name looked up in env's PATH) and watch its exit.
 
@@ -184,16 +185,19 @@ class Reaper:
                 # brief chdir around the call is safe.
                 before_cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
                 os.chdir(cwd)
+            defaults = (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM)
+            environment = dict(os.environ if env is None else env)
             try:
-                pid = os.posix_spawn(
-                    executable,
-                    list(argv),
-                    dict(os.environ if env is None else env),
-                    file_actions=actions,
-                    setsid=new_session,
-                    setsigdef=(signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM),
-                    setsigmask=(),
-                )
+                if new_process_group and not new_session:
+                    pid = os.posix_spawn(
+                        executable, list(argv), environment, file_actions=actions,
+                        setpgroup=0, setsigdef=defaults, setsigmask=(),
+                    )
+                else:
+                    pid = os.posix_spawn(
+                        executable, list(argv), environment, file_actions=actions,
+                        setsid=new_session, setsigdef=defaults, setsigmask=(),
+                    )
             finally:
                 if before_cwd is not None:
                     os.fchdir(before_cwd)

@@ -175,6 +175,8 @@ class Runc:
                     stdin=stdio.stdin if stdio else in_read,
                     stdout=stdio.stdout if stdio else out_write,
                     stderr=stdio.stderr if stdio else out_write,
+                    # A Ctrl-C meant for a foreground `pyshim run` must not kill runc midway.
+                    new_process_group=True,
                 )
             except FileNotFoundError as error:
                 raise RuntimeNotFound(

@@ -147,7 +147,7 @@ class Relay:
             except OSError as error:
                 if error.errno == errno.EINVAL:  # not spliceable (O_APPEND file, tty…)
                     self._use_splice = False
-                    return 0
+                    return self._step()
                 if error.errno == errno.EPIPE:
                     self._start_discarding()
                     return 0
@@ -214,10 +214,13 @@ async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> 
         if not ready.done():
             ready.set_result(None)
 
-    if write:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
+    try:
+        if write:
+            loop.add_writer(fd, wake)
+        else:
+            loop.add_reader(fd, wake)
+    except PermissionError:
+        return  # regular files and /dev/null cannot be polled: they are always ready
     try:
         await ready
     finally:

@@ -184,6 +184,9 @@ def main(argv: list[str]) -> int:
         try:
             pid, status = os.waitpid(-1, 0)  # EINTR is retried after the handlers ran (PEP 475)
         except ChildProcessError:
+            # Stop the ticks first: during interpreter shutdown SIGALRM is back to its default
+            # action and one late tick would kill us, losing the exit status.
+            signal.setitimer(signal.ITIMER_REAL, 0)
             return exit_code
         if pid == _State.main_pid:
             _State.main_exited = True
