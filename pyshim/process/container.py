@@ -123,7 +123,6 @@ class Container:
         )
         self.init: InitProcess = InitProcess(self, container_id, StdioConfig(), ProcessIO())
         self.execs: dict[str, ExecProcess] = {}
-        self._exec_specs: dict[str, dict[str, Any]] = {}
         self.rootfs: list[mount_pb2.Mount] = []
         self.private_pid_namespace = True
         self.cgroup: cgroups.Cgroup | None = None
@@ -246,14 +245,14 @@ class Container:
             raise AlreadyExists(f"container {self.id}: id {exec_id}")
         self.init.state.check_exec()
         process = ExecProcess(self, exec_id, stdio, ProcessIO())
+        process.spec = spec
         self.execs[exec_id] = process
-        self._exec_specs[exec_id] = spec
         return process
 
     async def runtime_start_exec(self, process: ExecProcess) -> None:
         if self.init.reaped:
             raise FailedPrecondition(f"container {self.id} init process is not running")
-        spec = dict(self._exec_specs[process.id])
+        spec = dict(process.spec)
         spec["terminal"] = process.stdio.terminal
         process.io = self._open_io(process.stdio, process.id)
         pid_file = os.path.join(self.bundle, f"{process.id}.pid")
@@ -287,7 +286,6 @@ class Container:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.bundle, f"{process.id}.pid"))
         self.execs.pop(process.id, None)
-        self._exec_specs.pop(process.id, None)
         self._start_done.pop(process.id, None)
         process.release_waiters(NotFound(f"{process.label}: process was deleted before it exited"))
         self._exec_change.set()

@@ -7,12 +7,16 @@ runc), never after it was reaped, so a reused pid is never hit.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pyshim.process.base import Process, ProcessState, Status
 from pyshim.ttrpc.status import FailedPrecondition, NotFound
 
 
 class ExecProcess(Process):
+    # The OCI process JSON from Exec, spawned by Start (runc exec --process).
+    spec: dict[str, Any]
+
     def _initial_state(self) -> ProcessState:
         return ExecCreated(self)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import time
 
 from pyshim.bundle import read_exit_record, runc_location
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
+from pyshim.shim.start import socket_alive
 
 KILLED_STATUS = 128 + 9
 
@@ -51,24 +51,13 @@ def _runc_delete(bundle: str, namespace: str, container_id: str) -> None:
 def _remove_dead_socket(bundle: str) -> None:
     try:
         with open(os.path.join(bundle, "address"), encoding="utf-8") as address_file:
-            address = address_file.read().strip()
+            path = address_file.read().strip().removeprefix("unix://")
     except OSError:
         return
-    path = address.removeprefix("unix://")
-    if not path.startswith("/"):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    probe.settimeout(0.1)
-    try:
-        probe.connect(path)
-    except FileNotFoundError:
-        return
-    except OSError:
-        # Nobody serves it any more (a grouped shim that is alive would accept).
+    # Only a socket nobody serves any more: a grouped shim that is alive keeps its socket.
+    if path.startswith("/") and os.path.exists(path) and not socket_alive(path):
         with contextlib.suppress(OSError):
             os.unlink(path)
-    finally:
-        probe.close()
 
 
 def delete(args: ShimArgs) -> int:

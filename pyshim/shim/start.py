@@ -165,7 +165,8 @@ def socket_path(socket_dir: str, address: str, namespace: str, group: str) -> st
     return os.path.join(socket_dir, _sha256_hex(key.encode()))
 
 
-def _alive(path: str) -> bool:
+def socket_alive(path: str) -> bool:
+    """Whether a shim accepts connections on path (100 ms, as runc-v2 probes)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     probe.settimeout(0.1)
     try:
@@ -188,7 +189,7 @@ def bind_or_join(path: str) -> socket.socket | None:
             sock.close()
             if error.errno != errno.EADDRINUSE:
                 raise StartError(f"cannot listen on {path}: {error.strerror}") from error
-            if _alive(path):
+            if socket_alive(path):
                 return None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # stale socket of a dead shim
