@@ -2,7 +2,7 @@
 exact stdout/stderr/exit status, stdin relayed, exit statuses of killed containers, signal
 forwarding, --bundle, and clear 125 errors for bad input.
 
-Each run goes through a small subreaper wrapper: `pyshim run` is a subreaper itself, so whatever
+Each run goes through tests/e2e/subreaper.py: `pyshim run` is a subreaper itself, so whatever
 it leaves behind is re-parented to the wrapper, which exits only once no process is left below
 it. A wrapper that does not exit in time therefore means a leaked process (listed in the
 failure). After each run: no runc state of the container in pyshim run's private runc root, no
@@ -32,28 +32,8 @@ import pytest
 
 from pyshim.run import NAMESPACE, RUNC_ROOT, runc_state_dir
 from tests.e2e.conftest import REPO, require_e2e, unique_id
-from tests.e2e.containerd import make_busybox_rootfs
+from tests.e2e.containerd import SUBREAPER, make_busybox_rootfs
 
-#: `python -c WRAPPER CMD...`: CMD as the only child of a child subreaper that exits (with CMD's
-#: status, 128+N if killed by signal N) only once no process is left below it, and dies with
-#: its parent. (tests/e2e/subreaper.py does more, but its SIGALRM ticks outlive its reaping loop
-#: and may kill it at exit, which loses the status of these short runs.)
-WRAPPER = """
-import os, signal, sys
-import prctl
-prctl.set_pdeathsig(signal.SIGKILL)
-prctl.set_child_subreaper(1)
-main = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ, setsigdef=(signal.SIGPIPE,))
-code = 127
-while True:
-    try:
-        pid, status = os.waitpid(-1, 0)
-    except ChildProcessError:
-        sys.exit(code)
-    if pid == main:
-        code = os.waitstatus_to_exitcode(status)
-        code = 128 - code if code < 0 else code
-"""
 GREETING = "Hello from a busybox container under pyshim!"
 #: A run (container and clean-up included) must be over by then.
 RUN_TIMEOUT = 60.0
@@ -78,7 +58,7 @@ class Finished:
 
 
 class PyshimRun:
-    """`pyshim ARGS` below the WRAPPER subreaper, with its own TMPDIR."""
+    """`pyshim ARGS` below the subreaper wrapper (--parent: us), with its own TMPDIR."""
 
     def __init__(
         self,
@@ -94,7 +74,8 @@ class PyshimRun:
         tmpdir.mkdir(exist_ok=True)
         self._early = b""
         self.process = subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, *prefix, *pyshim_command(), *args],
+            [sys.executable, str(SUBREAPER), "--parent", str(os.getpid()), "--",
+             *prefix, *pyshim_command(), *args],
             stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, "TMPDIR": str(tmpdir)},
         )
