@@ -1,8 +1,8 @@
 """Files pyshim keeps in a container's bundle for `delete` and for people debugging.
 
-`options.json` and `runtime` (where runc is, as runc-v2 writes them), `init.exit` (the init's
-recorded exit, so `delete` reports the truth instead of 137) and `shim.pid`. Lean: `delete`
-imports it. Writes are atomic (temp file + rename).
+`address`, `options.json` and `runtime` (where runc is, as runc-v2 writes them), `init.exit`
+(the init's recorded exit, so `delete` reports the truth instead of 137), `shim.pid`, and the
+pid files runc writes. Lean: `start` and `delete` import it. Writes are atomic (temp + rename).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+ADDRESS = "address"
 EXIT_RECORD = "init.exit"
 SHIM_PID = "shim.pid"
 OPTIONS = "options.json"
@@ -27,6 +28,18 @@ def _write_atomically(path: str, text: str, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(temporary, path)
+
+
+def write_address(bundle: str, address: str) -> None:
+    """<bundle>/address (containerd 1.6/1.7 read it back on restart)."""
+    _write_atomically(os.path.join(bundle, ADDRESS), address)
+
+
+def read_pid(path: str) -> int:
+    """A pid file as runc writes it (decimal, maybe without newline); OSError/ValueError if
+    it is missing or not a number."""
+    with open(path, encoding="ascii") as pid_file:
+        return int(pid_file.read().strip())
 
 
 def write_exit_record(bundle: str, status: int, exited_at_ns: int) -> None:

@@ -150,11 +150,3 @@ def _from_toml(text: str, source: str) -> RuncOptions:
 def save(bundle: str, options: RuncOptions) -> None:
     """options.json and runtime, as runc-v2 writes them (for `delete`)."""
     bundle_files.write_runtime_options(bundle, options.to_json(), options.binary_name)
-
-
-def load(bundle: str) -> RuncOptions:
-    """What `save` wrote; defaults when the files are missing or unreadable."""
-    try:
-        return RuncOptions.from_mapping(bundle_files.read_runtime_options(bundle), "options.json")
-    except InvalidOptions:
-        return RuncOptions()

@@ -85,11 +85,6 @@ def has_private_pid_namespace(spec: Mapping[str, Any]) -> bool:
     )
 
 
-def _read_pid(path: str) -> int:
-    with open(path, encoding="ascii") as pid_file:
-        return int(pid_file.read().strip())
-
-
 class Container:
     """Created by `create()`; afterwards every Task call for this id lands here."""
 
@@ -170,7 +165,7 @@ class Container:
                     no_pivot=self.options.no_pivot_root,
                     no_new_keyring=self.options.no_new_keyring,
                 )
-                self.init.pid = _read_pid(pid_file)
+                self.init.pid = bundle_files.read_pid(pid_file)
             except OCIRuntimeError as error:
                 raise Unknown(
                     f"container {self.id}: OCI runtime create failed: {error.message}"
@@ -264,7 +259,7 @@ class Container:
                     self.id, spec, pid_file, process.io.runtime_stdio(),
                     console_socket=process.io.console_socket,
                 )
-                process.pid = _read_pid(pid_file)
+                process.pid = bundle_files.read_pid(pid_file)
             except OCIRuntimeError as error:
                 raise Unknown(
                     f"{process.label}: OCI runtime exec failed: {error.message}"

@@ -12,20 +12,12 @@ import os
 import sys
 import time
 
-from pyshim.bundle import read_exit_record, runc_location
+from pyshim.bundle import read_exit_record, read_pid, runc_location
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
 from pyshim.shim.start import socket_alive
 
 KILLED_STATUS = 128 + 9
-
-
-def _read_pid(path: str) -> int:
-    try:
-        with open(path, encoding="ascii") as pid_file:
-            return int(pid_file.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
 
 
 def _runc_delete(bundle: str, namespace: str, container_id: str) -> None:
@@ -73,7 +65,10 @@ def delete(args: ShimArgs) -> int:
     except OSError as error:
         print(f"unmounting {bundle}/rootfs: {error}", file=sys.stderr)
     _remove_dead_socket(bundle)
-    pid = _read_pid(os.path.join(bundle, "init.pid"))
+    try:
+        pid = read_pid(os.path.join(bundle, "init.pid"))
+    except (OSError, ValueError):
+        pid = 0  # Create never got that far
     record = read_exit_record(bundle)
     status, exited_at = record if record else (KILLED_STATUS, time.time_ns())
     sys.stdout.buffer.write(

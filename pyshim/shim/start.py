@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 
+from pyshim.bundle import write_address
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
 
@@ -198,17 +199,6 @@ def bind_or_join(path: str) -> socket.socket | None:
         sock.listen(128)
         return sock
     raise StartError(f"cannot listen on {path}: it keeps being taken")
-
-
-def write_address(bundle: str, address: str) -> None:
-    """<bundle>/address, written atomically (containerd 1.6/1.7 read it back on restart)."""
-    temporary = os.path.join(bundle, ".address")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, address.encode())
-    finally:
-        os.close(fd)
-    os.replace(temporary, os.path.join(bundle, "address"))
 
 
 def start(args: ShimArgs, stdin: bytes) -> int:
