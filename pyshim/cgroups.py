@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 import os
 import re
@@ -47,7 +46,9 @@ DEFAULT_ROOT = "/sys/fs/cgroup"
 CGROUP2_SUPER_MAGIC = 0x63677270
 UINT64_MAX = (1 << 64) - 1
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols include libc; ctypes.util.find_library would run ldconfig at
+# every daemon start.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 _libc.statfs.restype = ctypes.c_int
 _libc.inotify_init1.argtypes = [ctypes.c_int]
@@ -527,38 +528,9 @@ def _metrics_v1(cgroup: Cgroup) -> v1.Metrics:
     return metrics
 
 
+# MemoryStat fields 1-31 are named after their memory.stat keys (the rest come from other files).
 _V2_MEMORY_STAT_KEYS = [
-    "anon",
-    "file",
-    "kernel_stack",
-    "slab",
-    "sock",
-    "shmem",
-    "file_mapped",
-    "file_dirty",
-    "file_writeback",
-    "anon_thp",
-    "inactive_anon",
-    "active_anon",
-    "inactive_file",
-    "active_file",
-    "unevictable",
-    "slab_reclaimable",
-    "slab_unreclaimable",
-    "pgfault",
-    "pgmajfault",
-    "workingset_refault",
-    "workingset_activate",
-    "workingset_nodereclaim",
-    "pgrefill",
-    "pgscan",
-    "pgsteal",
-    "pgactivate",
-    "pgdeactivate",
-    "pglazyfree",
-    "pglazyfreed",
-    "thp_fault_alloc",
-    "thp_collapse_alloc",
+    entry.name for entry in v2.MemoryStat.DESCRIPTOR.fields if entry.number <= 31
 ]
 _V2_CPU_STAT_KEYS = [
     "usage_usec",
