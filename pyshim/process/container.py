@@ -411,7 +411,7 @@ class Container:
                 bundle_files.write_exit_record(self.bundle, exited.status, exited.time_ns)
             except OSError as error:
                 log.warning("container %s: cannot record the exit: %s", self.id, error)
-        if not process.is_init:
+        else:
             self._exec_change.set()
         self.listener.process_exited(process)
 
