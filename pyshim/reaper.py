@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -158,17 +159,23 @@ class Reaper:
         stdout: int | None = None,
         stderr: int | None = None,
         pass_fds: Sequence[int] = (),
+        fd_map: Mapping[int, int] | None = None,
         new_session: bool = False,
         new_process_group: bool = False,
     ) -> tuple[int, asyncio.Future[Exit]]:
         """Start argv[0] (a path, or a name looked up in env's PATH) and watch its exit.
 
         The pid is registered before the event loop can run the reaper, so no exit is missed.
-        Unset stdio fds become /dev/null. Signal dispositions we changed (SIGPIPE ignored) are
-        reset in the child.
+        Unset stdio fds become /dev/null. `fd_map` gives the child extra fds at chosen numbers
+        ({child fd: our fd}, e.g. a logging binary's 3, 4 and 5). Signal dispositions we
+        changed (SIGPIPE ignored) are reset in the child.
         """
         executable = _resolve(argv[0], env)
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        # Copies above every target first, so one dup2 never overwrites a later source.
+        floor = max([10, *(fd_map or {})]) + 1
+        mapped = {target: fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+                  for target, fd in (fd_map or {}).items()}
         try:
             actions: list[tuple[int, ...]] = [
                 (os.POSIX_SPAWN_DUP2, devnull if stdin is None else stdin, 0),
@@ -177,6 +184,7 @@ class Reaper:
             ]
             # dup2 clears FD_CLOEXEC on the copy; extra fds keep their own number.
             actions += [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in pass_fds]
+            actions += [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in mapped.items()]
             for fd in pass_fds:
                 os.set_inheritable(fd, True)
             before_cwd = None
@@ -204,6 +212,8 @@ class Reaper:
                     os.close(before_cwd)
         finally:
             os.close(devnull)
+            for fd in mapped.values():
+                os.close(fd)
         return pid, self.watch(pid)
 
 

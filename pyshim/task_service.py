@@ -28,7 +28,14 @@ from pyshim.protos.containerd.task.v2 import shim_pb2
 from pyshim.protos.containerd.types.task import task_pb2
 from pyshim.reaper import Reaper
 from pyshim.ttrpc import CallContext
-from pyshim.ttrpc.status import AlreadyExists, InvalidArgument, NotFound, Unimplemented, Unknown
+from pyshim.ttrpc.status import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+    Unknown,
+)
 
 log = logging.getLogger("pyshim.task")
 
@@ -258,11 +265,14 @@ class TaskService:
 
     async def resize_pty(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         process = self.process(request.id, request.exec_id)
-        if process.stdio.terminal:
-            raise Unimplemented(
-                f"{process.label}: resizing a terminal is not supported by this pyshim version"
-            )
-        return empty_pb2.Empty()  # no terminal: nothing to resize (as runc-v2)
+        if not process.stdio.terminal:
+            return empty_pb2.Empty()  # no terminal: nothing to resize (as runc-v2)
+        try:
+            process.io.resize(request.width, request.height)
+        except OSError as error:
+            raise FailedPrecondition(f"{process.label}: cannot resize the terminal: {error}") \
+                from error
+        return empty_pb2.Empty()
 
     async def close_io(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         process = self.process(request.id, request.exec_id)

@@ -1,24 +1,29 @@
 """Standard I/O of container processes: what runc gets as fds 0/1/2 and where the bytes go.
 
-`open_process_io` turns containerd's stdio strings into a ProcessIO; backends (FIFO today;
-file://, binary:// and terminals next) share its small interface, so the process layer never
-knows which one it drives.
+`open_process_io` turns containerd's stdio strings into a ProcessIO; the backends (FIFO and
+`file://` pipes, `binary://` loggers, terminals) share its small interface, so the process
+layer never knows which one it drives.
 """
 
-from pyshim.io.process_io import (
+from pyshim.io.base import (
     NullIO,
-    PipeIO,
     ProcessIO,
     StdioConfig,
+    StdioError,
+    StdioTimeout,
     UnsupportedStdio,
-    open_process_io,
 )
+from pyshim.io.pipes import PipeIO
+from pyshim.io.process_io import IOContext, open_process_io
 
 __all__ = [
+    "IOContext",
     "NullIO",
     "PipeIO",
     "ProcessIO",
     "StdioConfig",
+    "StdioError",
+    "StdioTimeout",
     "UnsupportedStdio",
     "open_process_io",
 ]

@@ -151,6 +151,8 @@ class Relay:
                 if error.errno == errno.EPIPE:
                     self._start_discarding()
                     return 0
+                if error.errno == errno.EIO:  # pty master once every slave is closed
+                    return None
                 raise
             return None if moved == 0 else moved
         try:

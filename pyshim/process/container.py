@@ -17,7 +17,15 @@ from typing import Any, Protocol
 
 from pyshim import bundle as bundle_files
 from pyshim import cgroups, mount
-from pyshim.io import ProcessIO, StdioConfig, UnsupportedStdio, open_process_io
+from pyshim.io import (
+    IOContext,
+    ProcessIO,
+    StdioConfig,
+    StdioError,
+    StdioTimeout,
+    UnsupportedStdio,
+    open_process_io,
+)
 from pyshim.options import RuncOptions
 from pyshim.process.base import Process, Status
 from pyshim.process.exec import ExecProcess
@@ -27,6 +35,7 @@ from pyshim.reaper import Exit, Reaper
 from pyshim.runtime import OCIRuntimeError, Runc
 from pyshim.ttrpc.status import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -154,7 +163,7 @@ class Container:
             self.rootfs = list(rootfs)
         try:
             if io is None:
-                io = self._open_io(stdio, self.id)
+                io = await self._open_io(stdio, self.id)
             self.init = InitProcess(self, self.id, stdio, io)
             since = self.reaper.sequence
             pid_file = os.path.join(self.bundle, "init.pid")
@@ -185,20 +194,36 @@ class Container:
             bundle_files.write_shim_pid(self.bundle, os.getpid())
         return self.init.pid
 
-    def _open_io(self, stdio: StdioConfig, name: str) -> ProcessIO:
-        uid = self.options.io_uid or -1
-        gid = self.options.io_gid or -1
+    async def _open_io(self, stdio: StdioConfig, process_id: str) -> ProcessIO:
+        """The process's stdio, prepared (a logging binary ready, a console socket listening)."""
+        label = f"container {self.id} process {process_id}"
+        context = IOContext(
+            process_id=process_id, namespace=self.namespace, reaper=self.reaper,
+            cwd=self.bundle, uid=self.options.io_uid or -1, gid=self.options.io_gid or -1,
+            name=f"{self.id}/{process_id}",
+        )
         try:
-            return open_process_io(stdio, uid=uid, gid=gid, name=f"{self.id}/{name}")
+            io = open_process_io(stdio, context)
         except UnsupportedStdio as error:
             if error.unimplemented:
-                raise Unimplemented(f"container {self.id} process {name}: {error}") from error
-            raise InvalidArgument(f"container {self.id} process {name}: {error}") from error
+                raise Unimplemented(f"{label}: {error}") from error
+            raise InvalidArgument(f"{label}: {error}") from error
         except OSError as error:
             raise InvalidArgument(
-                f"container {self.id} process {name}: cannot open stdio "
-                f"{error.filename or ''}: {error.strerror}"
+                f"{label}: cannot open stdio {error.filename or ''}: {error.strerror}"
             ) from error
+        try:
+            await io.prepare()
+        except BaseException as error:
+            await io.close()
+            if isinstance(error, UnsupportedStdio):
+                raise InvalidArgument(f"{label}: {error}") from error
+            if isinstance(error, StdioTimeout):
+                raise DeadlineExceeded(f"{label}: {error}") from error
+            if isinstance(error, StdioError | OSError):
+                raise Unknown(f"{label}: cannot set up stdio: {error}") from error
+            raise
+        return io
 
     def _find_cgroup(self) -> None:
         if self.cgroup is not None or not self.init.pid:
@@ -249,7 +274,7 @@ class Container:
             raise FailedPrecondition(f"container {self.id} init process is not running")
         spec = dict(process.spec)
         spec["terminal"] = process.stdio.terminal
-        process.io = self._open_io(process.stdio, process.id)
+        process.io = await self._open_io(process.stdio, process.id)
         pid_file = os.path.join(self.bundle, f"{process.id}.pid")
         since = self.reaper.sequence
         self._exec_starts += 1

@@ -14,7 +14,7 @@ import prctl
 import uvloop
 
 from pyshim.io.fifo import open_input, open_output
-from pyshim.io.process_io import PipeIO
+from pyshim.io.pipes import PipeIO
 from pyshim.reaper import Reaper, exit_status
 
 T = TypeVar("T")

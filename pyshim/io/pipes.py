@@ -1,0 +1,163 @@
+"""Anonymous pipes between the container and endpoints we opened: FIFOs and `file://`.
+
+The container writes into a pipe; a relay moves the bytes to the client's FIFO or file (spec
+§6.2, §6.3), and stdin the other way. Owns those pipes and relays, never the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+
+from pyshim.io.base import ProcessIO, StdioConfig
+from pyshim.io.fifo import InputSource, OutputTarget, open_input, open_output
+from pyshim.io.relay import Relay
+from pyshim.runtime import Stdio
+
+
+class PipeIO(ProcessIO):
+    """Anonymous pipes to the container, relayed to/from already opened endpoints."""
+
+    def __init__(
+        self,
+        *,
+        stdin: InputSource | None = None,
+        stdout: OutputTarget | None = None,
+        stderr: OutputTarget | None = None,
+        uid: int = -1,
+        gid: int = -1,
+        name: str = "process",
+    ) -> None:
+        self._stdin_source = stdin
+        self._outputs = {"stdout": stdout, "stderr": stderr}
+        self._name = name
+        self._relays: dict[str, Relay] = {}
+        # Our ends, relayed once started; the container's ends, closed once runc has them.
+        self._ours: dict[str, int] = {}
+        self._theirs: dict[str, int] = {}
+        try:
+            if stdin is not None:
+                read, write = os.pipe2(os.O_CLOEXEC)
+                self._theirs["stdin"], self._ours["stdin"] = read, write
+            for stream, target in self._outputs.items():
+                if target is not None:
+                    read, write = os.pipe2(os.O_CLOEXEC)
+                    self._ours[stream], self._theirs[stream] = read, write
+            if uid != -1 or gid != -1:
+                for fd in self._theirs.values():
+                    os.fchown(fd, uid, gid)
+        except BaseException:
+            self._close_everything()
+            raise
+
+    def runtime_stdio(self) -> Stdio:
+        return Stdio(
+            self._theirs.get("stdin"), self._theirs.get("stdout"), self._theirs.get("stderr")
+        )
+
+    async def start(self) -> None:
+        for fd in self._theirs.values():
+            os.close(fd)
+        self._theirs.clear()
+        if self._stdin_source is not None:
+            self._add_relay("stdin", self._stdin_source.fd, self._ours.pop("stdin"))
+        for stream, target in self._outputs.items():
+            if target is not None:
+                self._add_relay(stream, self._ours.pop(stream), target.fd, target.close)
+
+    def _add_relay(
+        self, stream: str, src: int, dst: int, on_done: Callable[[], None] | None = None
+    ) -> None:
+        if stream == "stdin":
+            # The FIFO fd belongs to the InputSource; our pipe end is closed at EOF so the
+            # container sees EOF too.
+            relay = Relay(src, dst, name=f"{self._name} stdin", close_src=False)
+        else:
+            # The target closes its own fds (write end + keepalive reader) when copying ends.
+            relay = Relay(src, dst, name=f"{self._name} {stream}", close_dst=False,
+                          on_done=on_done)
+        self._relays[stream] = relay
+        relay.start()
+
+    async def wait_output(self) -> None:
+        await asyncio.gather(
+            *(relay.drained() for stream, relay in self._relays.items() if stream != "stdin")
+        )
+
+    def close_stdin(self) -> None:
+        if self._stdin_source is not None:
+            self._stdin_source.close_keepalive()
+
+    async def close(self, drain_timeout: float = 0.0) -> None:
+        outputs = [relay for stream, relay in self._relays.items() if stream != "stdin"]
+        if drain_timeout > 0 and outputs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(relay.wait() for relay in outputs)), drain_timeout
+                )
+        for relay in self._relays.values():
+            await relay.close()
+        self._relays.clear()
+        self._close_everything()
+
+    def _close_everything(self) -> None:
+        for fd in (*self._ours.values(), *self._theirs.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._ours.clear()
+        self._theirs.clear()
+        if self._stdin_source is not None:
+            self._stdin_source.close()
+        for target in self._outputs.values():
+            if target is not None:
+                target.close()
+
+
+def _open_file_uri(path: str) -> OutputTarget:
+    os.makedirs(os.path.dirname(path) or "/", mode=0o755, exist_ok=True)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+    return OutputTarget(os.open(path, flags, 0o644))
+
+
+def open_file_target(path: str) -> OutputTarget:
+    """`file://` (spec §6.3): parents created 0755, the file appended to (created 0644)."""
+    os.makedirs(os.path.dirname(path) or "/", mode=0o755, exist_ok=True)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+    return OutputTarget(os.open(path, flags, 0o644))
+
+
+def file_io(config: StdioConfig, path: str, *, uid: int, gid: int, name: str) -> PipeIO:
+    """stdout and stderr both appended to one file; no stdin."""
+    stdout = open_file_target(path)
+    try:
+        stderr = open_file_target(path) if config.stderr else None
+    except BaseException:
+        stdout.close()
+        raise
+    return PipeIO(stdout=stdout, stderr=stderr, uid=uid, gid=gid, name=name)
+
+
+def fifo_path(value: str) -> str:
+    return value[len("fifo://") :] if value.startswith("fifo://") else value
+
+
+def fifo_io(config: StdioConfig, *, uid: int, gid: int, name: str) -> PipeIO:
+    """The common case (spec §6.2): each non-empty string is a FIFO the client opened."""
+    opened: list[InputSource | OutputTarget] = []
+    try:
+        stdin = open_input(fifo_path(config.stdin)) if config.stdin else None
+        if stdin is not None:
+            opened.append(stdin)
+        stdout = open_output(fifo_path(config.stdout)) if config.stdout else None
+        if stdout is not None:
+            opened.append(stdout)
+        stderr = open_output(fifo_path(config.stderr)) if config.stderr else None
+        if stderr is not None:
+            opened.append(stderr)
+        return PipeIO(stdin=stdin, stdout=stdout, stderr=stderr, uid=uid, gid=gid, name=name)
+    except BaseException:
+        for endpoint in opened:
+            endpoint.close()
+        raise
