@@ -25,26 +25,22 @@ import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 
-from tests.e2e.conftest import (
-    BUSYBOX,
-    SHIM_TOOLS,
-    e2e_unavailable_reason,
-    shim_processes,
-    start_shim_containerd,
-    task_list,
+from bench.common import (
+    PYSHIM,
+    RUNC_V2,
+    SHORT,
+    missing_requirements,
+    private_containerd,
+    timed,
+    wait_for_no_shims,
 )
-from tests.e2e.containerd import CtrError, PrivateContainerd, make_busybox_rootfs
-
-PYSHIM = "io.containerd.pyshim.v1"
-RUNC_V2 = "io.containerd.runc.v2"
-SHORT = {PYSHIM: "pyshim", RUNC_V2: "runc-v2"}
+from tests.e2e.conftest import shim_processes, task_list
+from tests.e2e.containerd import CtrError, PrivateContainerd
 
 #: (key, label, unit) of each figure, in table order.
 FIGURES = [
@@ -87,13 +83,6 @@ def container_pids(init_pid: int) -> set[int]:
         return {init_pid}
 
 
-def timed(action: Callable[[], object]) -> float:
-    """Milliseconds ``action()`` took."""
-    start = time.perf_counter()
-    action()
-    return (time.perf_counter() - start) * 1000
-
-
 def one_round(
     containerd: PrivateContainerd, runtime: str, rootfs: Path, index: int
 ) -> dict[str, float]:
@@ -121,28 +110,6 @@ def one_round(
                                                         "/bin/true"))
     wait_for_no_shims(containerd)
     return figures
-
-
-def wait_for_no_shims(containerd: PrivateContainerd, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while shim_processes(containerd):
-        if time.monotonic() > deadline:
-            raise RuntimeError("a shim did not exit after its container was deleted")
-        time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def private_containerd() -> Iterator[tuple[PrivateContainerd, Path]]:
-    base = Path(tempfile.mkdtemp(prefix="pyshim-b-", dir="/tmp"))
-    containerd = start_shim_containerd(base)
-    try:
-        yield containerd, make_busybox_rootfs(base / "rootfs")
-    finally:
-        containerd.stop()
-
-
-def missing_requirements() -> str | None:
-    return e2e_unavailable_reason(SHIM_TOOLS, (BUSYBOX,))
 
 
 def table(runtimes: list[str], runs: dict[str, list[dict[str, float]]], rounds: int) -> str:
