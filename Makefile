@@ -3,8 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-# Every .proto we author; generated *_pb2.py / *_pb2.pyi sit beside each one and are committed.
-PROTOS := $(shell find pyshim -name '*.proto' | sort)
+# Every .proto we author (the shim's, and the CRI subset the e2e tests speak); generated
+# *_pb2.py / *_pb2.pyi sit beside each one and are committed.
+PROTOS := $(shell find pyshim tests/e2e/cri -name '*.proto' | sort)
 
 .PHONY: protos test demo bench lint
 

@@ -8,21 +8,28 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE_ROOT = REPO / "pyshim"
+#: Directories holding the .proto files we author (the Makefile's PROTOS lists the same).
+SOURCE_ROOTS = ("pyshim", "tests/e2e/cri")
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi")
 HINT = "run `make protos` and commit the result"
 
 
 def _proto_files() -> list[str]:
-    """Every .proto under pyshim, relative to the repository root (as the Makefile lists them)."""
-    return sorted(p.relative_to(REPO).as_posix() for p in SOURCE_ROOT.rglob("*.proto"))
+    """Every .proto under SOURCE_ROOTS, relative to the repository root (as the Makefile lists
+    them)."""
+    return sorted(
+        p.relative_to(REPO).as_posix()
+        for root in SOURCE_ROOTS
+        for p in (REPO / root).rglob("*.proto")
+    )
 
 
 def _generated_files(root: Path) -> set[str]:
-    """Relative paths of every generated module below root/pyshim."""
+    """Relative paths of every generated module below root/<each of SOURCE_ROOTS>."""
     return {
         p.relative_to(root).as_posix()
-        for p in (root / "pyshim").rglob("*_pb2.py*")
+        for source_root in SOURCE_ROOTS
+        for p in (root / source_root).rglob("*_pb2.py*")
         if p.name.endswith(GENERATED_SUFFIXES)
     }
 
@@ -52,7 +59,11 @@ def _regenerate(out: Path) -> None:
 
 
 def test_there_are_protos() -> None:
-    assert _proto_files(), "no .proto files found under pyshim"
+    files = _proto_files()
+    for source_root in SOURCE_ROOTS:
+        assert any(f.startswith(source_root + "/") for f in files), (
+            f"no .proto files found under {source_root}"
+        )
 
 
 def test_generated_modules_are_current(tmp_path: Path) -> None:
