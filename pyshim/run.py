@@ -32,6 +32,8 @@ import uvloop
 from pyshim import logfmt
 from pyshim.io import PipeIO, StdioConfig
 from pyshim.io.fifo import InputSource, OutputTarget
+from pyshim.io.log_relay import LogSink
+from pyshim.logs import CriLogWriter
 from pyshim.options import RuncOptions
 from pyshim.process.base import Process, Status
 from pyshim.process.container import Container
@@ -110,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="environment variable for CMD (K alone: our value of K); "
                              "--rootfs only, repeatable")
     parser.add_argument("--cwd", metavar="DIR", help="working directory of CMD (--rootfs only)")
+    parser.add_argument("--log-path", metavar="FILE",
+                        help="also write the container's output to FILE in the CRI log format "
+                             "(kubelet's `<time> <stream> <P|F> <text>` lines)")
+    parser.add_argument("--log-size-max", metavar="BYTES", type=_size, default=0,
+                        help="with --log-path: start the file afresh when it would grow past "
+                             "BYTES (default: no limit)")
     parser.add_argument("--runc", metavar="BINARY", default="runc",
                         help="the OCI runtime binary (default: runc)")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -117,6 +125,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="pyshim's debug log on stderr")
     parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
+
+
+def _size(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {value!r}")
+    return size
 
 
 @dataclass(slots=True)
@@ -127,6 +145,8 @@ class Plan:
     bundle: str
     runc: str
     verbose: bool
+    log_path: str | None = None
+    log_size_max: int = 0
     # --bundle: engine files (log.json, init.pid, …) that were not there before we ran.
     bundle_files_before: set[str] | None = None
 
@@ -241,6 +261,22 @@ def _configure_logging(debug: bool) -> None:
 
 def _prepare(args: argparse.Namespace, command: list[str], temporary: list[str]) -> Plan:
     """Validate the command line and make the bundle (runc spec runs here: no reaper yet)."""
+    log_path = None
+    if args.log_path is not None:
+        log_path = os.path.abspath(args.log_path)
+        if not os.path.isdir(os.path.dirname(log_path)):
+            raise RunError(f"--log-path {log_path}: directory {os.path.dirname(log_path)} "
+                           "does not exist")
+    elif args.log_size_max:
+        raise RunError("--log-size-max only goes with --log-path")
+    plan = _prepare_bundle(args, command, temporary)
+    plan.log_path, plan.log_size_max = log_path, args.log_size_max
+    return plan
+
+
+def _prepare_bundle(
+    args: argparse.Namespace, command: list[str], temporary: list[str]
+) -> Plan:
     if args.id is not None and not _ID.fullmatch(args.id):
         raise RunError(f"invalid container id {args.id!r} (letters, digits, _ + - . only)")
     rootfs_only = [name for name, value in (("--env", args.env), ("--cwd", args.cwd)) if value]
@@ -473,15 +509,17 @@ def _in_foreground(tty: int) -> bool:
         return False
 
 
-def _own_stdio(name: str) -> PipeIO:
-    """Relays between the container's pipes and dup()s of our fds 0, 1 and 2."""
+def _own_stdio(name: str, log_writer: CriLogWriter | None = None) -> PipeIO:
+    """Relays between the container's pipes and dup()s of our fds 0, 1 and 2; with a log
+    writer, stdout and stderr go to the CRI log first, then on to ours."""
     stdin = InputSource(os.dup(0)) if _relayable_input(0) else None
-    outputs: list[OutputTarget | None] = []
-    for fd in (1, 2):
+    outputs: list[OutputTarget | LogSink | None] = []
+    for fd, stream in ((1, "stdout"), (2, "stderr")):
         try:
-            outputs.append(OutputTarget(os.dup(fd)))
-        except OSError:  # closed: the container gets /dev/null there
-            outputs.append(None)
+            target: OutputTarget | None = OutputTarget(os.dup(fd))
+        except OSError:  # closed: the container gets /dev/null there (or only the log)
+            target = None
+        outputs.append(target if log_writer is None else LogSink(log_writer, stream, target))
     return PipeIO(stdin=stdin, stdout=outputs[0], stderr=outputs[1], name=name)
 
 
@@ -564,9 +602,16 @@ async def _run(plan: Plan) -> Outcome:
     reaper.install(loop)
     blocking = {fd: _get_blocking(fd) for fd in (0, 1, 2)}
     created = False
+    log_writer: CriLogWriter | None = None
     try:
+        if plan.log_path is not None:
+            try:
+                log_writer = CriLogWriter(plan.log_path, max_size=plan.log_size_max)
+            except OSError as error:
+                return Outcome(EXIT_RUNTIME_ERROR, str(error))
         try:
-            await container.create([], StdioConfig(), io=_own_stdio(plan.container_id))
+            await container.create([], StdioConfig(),
+                                   io=_own_stdio(plan.container_id, log_writer))
         except RPCError as error:
             return Outcome(_create_failure_status(error.message), error.message)
         created = True
@@ -584,6 +629,11 @@ async def _run(plan: Plan) -> Outcome:
         try:
             await _stop_and_delete(container, created, state_dir)
         finally:
+            if log_writer is not None:
+                try:
+                    log_writer.close()
+                except OSError as error:
+                    log.error("%s", error)
             await forwarder.close()
             reaper.uninstall()
             for fd, was_blocking in blocking.items():

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from pyshim.io.base import ProcessIO, StdioConfig
 from pyshim.io.fifo import InputSource, OutputTarget, open_input, open_output
+from pyshim.io.log_relay import LogRelay, LogSink
 from pyshim.io.relay import Relay
 from pyshim.runtime import Stdio
 
@@ -24,8 +25,8 @@ class PipeIO(ProcessIO):
         self,
         *,
         stdin: InputSource | None = None,
-        stdout: OutputTarget | None = None,
-        stderr: OutputTarget | None = None,
+        stdout: OutputTarget | LogSink | None = None,
+        stderr: OutputTarget | LogSink | None = None,
         uid: int = -1,
         gid: int = -1,
         name: str = "process",
@@ -33,7 +34,7 @@ class PipeIO(ProcessIO):
         self._stdin_source = stdin
         self._outputs = {"stdout": stdout, "stderr": stderr}
         self._name = name
-        self._relays: dict[str, Relay] = {}
+        self._relays: dict[str, Relay | LogRelay] = {}
         # Our ends, relayed once started; the container's ends, closed once runc has them.
         self._ours: dict[str, int] = {}
         self._theirs: dict[str, int] = {}
@@ -64,12 +65,16 @@ class PipeIO(ProcessIO):
         if self._stdin_source is not None:
             self._add_relay("stdin", self._stdin_source.fd, self._ours.pop("stdin"))
         for stream, target in self._outputs.items():
-            if target is not None:
+            if isinstance(target, LogSink):
+                self._start_relay(stream, LogRelay(self._ours.pop(stream), target,
+                                                   name=f"{self._name} {stream} log"))
+            elif target is not None:
                 self._add_relay(stream, self._ours.pop(stream), target.fd, target.close)
 
     def _add_relay(
         self, stream: str, src: int, dst: int, on_done: Callable[[], None] | None = None
     ) -> None:
+        relay: Relay | LogRelay
         if stream == "stdin":
             # The FIFO fd belongs to the InputSource; our pipe end is closed at EOF so the
             # container sees EOF too.
@@ -78,6 +83,9 @@ class PipeIO(ProcessIO):
             # The target closes its own fds (write end + keepalive reader) when copying ends.
             relay = Relay(src, dst, name=f"{self._name} {stream}", close_dst=False,
                           on_done=on_done)
+        self._start_relay(stream, relay)
+
+    def _start_relay(self, stream: str, relay: Relay | LogRelay) -> None:
         self._relays[stream] = relay
         relay.start()
 

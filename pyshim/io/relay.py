@@ -122,10 +122,10 @@ class Relay:
                     continue
                 # Nothing moved: wait for the side that blocks us.
                 if self._buffer or (not self._discard and not _writable_now(self.dst)):
-                    await _wait_fd(loop, self.dst, write=True)
+                    await wait_fd(loop, self.dst, write=True)
                 else:
                     self._progress.set()
-                    await _wait_fd(loop, self.src, write=False)
+                    await wait_fd(loop, self.src, write=False)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -209,7 +209,7 @@ class Relay:
             callback()
 
 
-async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
     ready = loop.create_future()
 
     def wake() -> None:

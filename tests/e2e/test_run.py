@@ -31,6 +31,7 @@ import psutil
 import pytest
 
 from pyshim.run import NAMESPACE, RUNC_ROOT, runc_state_dir
+from tests import cri_log_reader
 from tests.e2e.conftest import REPO, require_e2e, unique_id
 from tests.e2e.containerd import SUBREAPER, make_busybox_rootfs
 
@@ -390,3 +391,51 @@ def test_help(tmp_path: Path) -> None:
     finished = PyshimRun(["run", "--help"], tmp_path / "tmp").finish()
     assert finished.status == 0
     assert "--rootfs DIR -- CMD" in finished.stdout
+
+
+# ------------------------------------------------------------------------- --log-path
+
+
+def test_log_path_writes_cri_log_and_still_shows_output(tmp_path: Path, rootfs: Path) -> None:
+    log_path = tmp_path / "logs" / "c.log"
+    log_path.parent.mkdir()
+    container_id = unique_id("run-log")
+    script = ("echo out-1; echo err-1 >&2; printf 'no newline'; sleep 0.1; printf ' end\\n'; "
+              "head -c 40000 /dev/zero | tr '\\0' L; echo; printf tail")
+    finished = run(["--log-path", str(log_path), "--rootfs", str(rootfs), "--", "/bin/sh",
+                    "-c", script], tmp_path, container_id)
+    assert finished.status == 0, finished.stderr
+    stdout = "out-1\nno newline end\n" + "L" * 40000 + "\ntail"
+    assert (finished.stdout, finished.stderr) == (stdout, "err-1\n")
+    records = cri_log_reader.read(log_path)
+    assert cri_log_reader.streams(records) == {"stdout": stdout.encode(), "stderr": b"err-1\n"}
+    lines = log_path.read_bytes().split(b"\n")
+    assert lines[0].endswith(b" stdout F out-1"), lines[0]
+    # Lines are reassembled across writes; the 40000-byte line is cut into 16 KiB P parts;
+    # the last line without a newline ends as a P record.
+    shapes = [(record.stream, record.partial, len(record.content)) for record in records]
+    assert ("stdout", False, len("no newline end\n")) in shapes
+    assert [size for stream, partial, size in shapes if partial and size == 16384] == [16384] * 2
+    assert shapes[-1] == ("stdout", True, 4)
+
+
+def test_log_path_size_cap_keeps_the_newest_records(tmp_path: Path, rootfs: Path) -> None:
+    log_path = tmp_path / "capped.log"
+    finished = run(["--log-path", str(log_path), "--log-size-max", "400", "--rootfs",
+                    str(rootfs), "--", "/bin/sh", "-c",
+                    "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line-$i; sleep 0.01; done"],
+                   tmp_path, unique_id("run-cap"))
+    assert finished.status == 0, finished.stderr
+    assert finished.stdout.count("line-") == 12
+    assert 0 < log_path.stat().st_size <= 400
+    contents = [record.content for record in cri_log_reader.read(log_path)]
+    assert contents[-1] == b"line-12\n"
+    assert b"line-1\n" not in contents
+
+
+def test_log_path_in_a_missing_directory_is_refused(tmp_path: Path, rootfs: Path) -> None:
+    missing = tmp_path / "nowhere" / "c.log"
+    finished = run(["--log-path", str(missing), "--rootfs", str(rootfs), "--", "/bin/true"],
+                   tmp_path)
+    assert finished.status == 125
+    assert f"directory {missing.parent} does not exist" in finished.stderr
