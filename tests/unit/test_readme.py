@@ -1,0 +1,31 @@
+"""The README's configuration snippets are the files the tests use, word for word.
+
+A block preceded by `<!-- snippet: PATH -->` must appear verbatim (as consecutive lines) in the
+repository file PATH, so the README cannot drift from what `tests/e2e/test_cri.py` runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SNIPPET = re.compile(r"<!-- snippet: (?P<path>\S+) -->\n```\w*\n(?P<body>.*?)```", re.DOTALL)
+
+
+def snippets() -> list[tuple[str, str]]:
+    text = (REPO / "README.md").read_text()
+    return [(match["path"], match["body"]) for match in SNIPPET.finditer(text)]
+
+
+def test_readme_has_the_deploy_snippets() -> None:
+    paths = {path for path, _ in snippets()}
+    assert paths == {"deploy/containerd/pyshim-runtime.toml",
+                     "deploy/kubernetes/runtimeclass.yaml"}
+
+
+def test_each_snippet_is_taken_from_its_file() -> None:
+    for path, body in snippets():
+        source = (REPO / path).read_text()
+        assert body in source, f"README snippet of {path} differs from the file:\n{body}"
+        assert body.strip(), f"empty README snippet for {path}"
