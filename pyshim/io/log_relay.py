@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from pyshim.io.fifo import OutputTarget
-from pyshim.io.relay import pending_bytes, wait_fd
+from pyshim.io.relay import RelayTask, wait_fd
 from pyshim.logs import CriLogWriter
 
 log = logging.getLogger("pyshim.io")
@@ -36,7 +36,7 @@ class LogSink:
             self.tee.close()
 
 
-class LogRelay:
+class LogRelay(RelayTask):
     """Copies src into the sink until src reaches EOF (every writer gone) or it is closed.
 
     At EOF the stream's last partial line is flushed (a P record). A failing log write is
@@ -44,42 +44,16 @@ class LogRelay:
     """
 
     def __init__(self, src: int, sink: LogSink, *, name: str) -> None:
-        self.src = src
+        super().__init__(src, name=name)
         self.sink = sink
-        self.name = name
         self._pending = b""  # read but not yet written to the tee
-        self._progress = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._log_failed = False
 
     def start(self) -> None:
-        os.set_blocking(self.src, False)
-        if self.sink.tee is not None:
-            os.set_blocking(self.sink.tee.fd, False)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        self._start(self.src, *([self.sink.tee.fd] if self.sink.tee is not None else []))
 
-    @property
-    def done(self) -> bool:
-        return self._task is not None and self._task.done()
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
-
-    async def drained(self) -> None:
-        """Until everything written to src so far is logged (see Relay.drained)."""
-        while not self.done:
-            if not self._pending and pending_bytes(self.src) == 0:
-                return
-            self._progress.clear()
-            await self._progress.wait()
-
-    async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        await self.wait()
-        self._finish()
+    def _unwritten(self) -> bool:
+        return bool(self._pending)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

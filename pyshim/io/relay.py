@@ -40,7 +40,63 @@ def _writable_now(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-class Relay:
+class RelayTask:
+    """What every relay shares: a task on the loop copying from `src`, progress for drained(),
+    and close(). Subclasses provide _run(), _unwritten() and _finish()."""
+
+    def __init__(self, src: int, *, name: str) -> None:
+        self.src = src
+        self.name = name
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _start(self, *fds: int) -> None:
+        for fd in fds:
+            os.set_blocking(fd, False)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def wait(self) -> None:
+        """Until src reached EOF (or the relay was closed)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    async def drained(self) -> None:
+        """Until everything written to src so far has gone out (or copying ended).
+
+        Used after the writer exited: its last bytes are in the pipe by then, and this returns
+        once they are through, even if another process still holds the pipe open.
+        """
+        while not self.done:
+            if not self._unwritten() and pending_bytes(self.src) == 0:
+                return
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def close(self) -> None:
+        """Stop copying now (bytes still in src are dropped) and release the fds."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        await self.wait()
+        self._finish()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _unwritten(self) -> bool:
+        """Whether bytes already read from src still wait to be written."""
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Release the fds (idempotent)."""
+        raise NotImplementedError
+
+
+class Relay(RelayTask):
     """Copies src → dst until src reaches EOF (every writer gone) or the relay is closed.
 
     `on_done` runs once when copying ends, whatever the reason; the relay closes the fds it
@@ -58,54 +114,21 @@ class Relay:
         close_dst: bool = True,
         on_done: Callable[[], None] | None = None,
     ) -> None:
-        self.src = src
+        super().__init__(src, name=name)
         self.dst = dst
-        self.name = name
         self._close_src = close_src
         self._close_dst = close_dst
         self._on_done = on_done
         self._use_splice = True
         self._buffer = b""  # read/write mode only: bytes read but not yet written
         self._discard = False
-        self._progress = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.copied = 0
 
     def start(self) -> None:
-        os.set_blocking(self.src, False)
-        os.set_blocking(self.dst, False)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        self._start(self.src, self.dst)
 
-    @property
-    def done(self) -> bool:
-        return self._task is not None and self._task.done()
-
-    async def wait(self) -> None:
-        """Until src reached EOF (or the relay was closed)."""
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
-
-    async def drained(self) -> None:
-        """Until everything written to src so far has reached dst (or copying ended).
-
-        Used after the writer exited: its last bytes are in the pipe by then, and this returns
-        once they are through, even if another process still holds the pipe open.
-        """
-        while not self.done:
-            if not self._buffer and pending_bytes(self.src) == 0:
-                return
-            self._progress.clear()
-            await self._progress.wait()
-
-    async def close(self) -> None:
-        """Stop copying now (bytes still in src are dropped) and release the fds."""
-        if self._task is None:
-            self._finish()
-            return
-        if not self._task.done():
-            self._task.cancel()
-        await self.wait()
+    def _unwritten(self) -> bool:
+        return bool(self._buffer)
 
     # ---------------------------------------------------------------------------- copying
 
