@@ -29,13 +29,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import psutil
 import pytest
+import uvloop
 
+from pyshim.ttrpc import Client
 from tests.e2e.containerd import (
     DEFAULT_RUNC_ROOT,
     PrivateContainerd,
@@ -473,3 +475,18 @@ def background_ctr(containerd: PrivateContainerd, *args: str) -> Iterator[Backgr
 def finish(command: BackgroundCtr, timeout: float = 60.0) -> tuple[int, str, str]:
     """Wait for a :func:`background_ctr` command: (exit status, stdout, stderr)."""
     return command.finish(timeout)
+
+
+#: The ttrpc service name tests call directly.
+TASK = "containerd.task.v2.Task"
+ResultT = TypeVar("ResultT")
+
+
+def call_shim(address: str, scenario: Callable[[Client], Awaitable[ResultT]]) -> ResultT:
+    """Connect to a shim's ttrpc socket and return what ``scenario`` does with the client."""
+
+    async def main() -> ResultT:
+        async with await Client.connect(address, timeout=10) as client:
+            return await scenario(client)
+
+    return uvloop.run(main())

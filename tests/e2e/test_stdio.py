@@ -23,19 +23,19 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 import pytest
-import uvloop
 from google.protobuf import any_pb2, empty_pb2
 
 from pyshim.protos.containerd.task.v2 import shim_pb2
 from pyshim.ttrpc import Client
 from tests.e2e.conftest import (
+    TASK,
     assert_no_leftovers,
+    call_shim,
     ctr_argv,
     is_pyshim,
     shim_address,
@@ -44,19 +44,7 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.containerd import PrivateContainerd
 
-TASK = "containerd.task.v2.Task"
 PROCESS_SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-T = TypeVar("T")
-
-
-def call_shim(address: str, scenario: Callable[[Client], Awaitable[T]]) -> T:
-    """Run ``scenario`` with a ttrpc client connected to a shim's socket."""
-
-    async def main() -> T:
-        async with await Client.connect(address, timeout=10) as client:
-            return await scenario(client)
-
-    return uvloop.run(main())
 
 
 def run_args(runtime: str, rootfs: Path) -> list[str]:

@@ -15,12 +15,10 @@ itself answers in those situations.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-import uvloop
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
@@ -29,8 +27,10 @@ from pyshim.protos.containerd.types.task import task_pb2
 from pyshim.ttrpc import Client, Code, RPCError
 from tests.e2e.conftest import (
     PYSHIM_RUNTIME,
+    TASK,
     assert_no_leftovers,
     bundle_dir,
+    call_shim,
     is_pyshim,
     oci_spec,
     remove_container,
@@ -44,7 +44,6 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.containerd import PrivateContainerd, make_busybox_rootfs
 
-TASK = "containerd.task.v2.Task"
 ReplyT = TypeVar("ReplyT", bound=Message)
 
 
@@ -272,18 +271,6 @@ def test_missing_runc_binary_fails_with_a_message_naming_runc(
 
 
 # --------------------------------------------------------------- direct ttrpc calls
-
-
-def call_shim(
-    address: str, scenario: Callable[[Client], Awaitable[None]]
-) -> None:
-    """Connect to a shim's ttrpc socket and run ``scenario`` with the client."""
-
-    async def main() -> None:
-        async with await Client.connect(address, timeout=10) as client:
-            await scenario(client)
-
-    uvloop.run(main())
 
 
 async def expect_error(

@@ -12,7 +12,9 @@ from google.protobuf import empty_pb2
 from pyshim.protos.containerd.task.v2 import shim_pb2
 from pyshim.ttrpc import Client
 from tests.e2e.conftest import (
+    TASK,
     assert_no_leftovers,
+    call_shim,
     remove_container,
     shim_address,
     task_list,
@@ -20,7 +22,6 @@ from tests.e2e.conftest import (
     wait_for_status,
 )
 from tests.e2e.containerd import PrivateContainerd
-from tests.e2e.test_task_errors import TASK, call_shim
 
 MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
 
