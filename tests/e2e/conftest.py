@@ -344,7 +344,9 @@ def remove_container(containerd: PrivateContainerd, container_id: str) -> None:
     containerd.ctr("container", "rm", container_id, check=False)
 
 
-def leftovers(containerd: PrivateContainerd, container_ids: Iterable[str] = ()) -> list[str]:
+def leftovers(
+    containerd: PrivateContainerd, container_ids: Iterable[str] = (), namespace: str = "default"
+) -> list[str]:
     """What the shims and containerd left behind that they should have removed."""
     problems: list[str] = []
     processes = subreaper_leftovers(containerd)
@@ -361,28 +363,31 @@ def leftovers(containerd: PrivateContainerd, container_ids: Iterable[str] = ()) 
     if mounts:
         problems.append(f"mounts left below {containerd.base_dir}: {mounts}")
     for container_id in container_ids:
-        for namespace in ("default",):
-            socket = containerd.shim_socket_path(namespace, container_id)
-            if socket.exists():
-                problems.append(f"shim socket of {container_id} left: {socket}")
-            runc_state = DEFAULT_RUNC_ROOT / namespace / container_id
-            if runc_state.exists():
-                problems.append(f"runc state of {container_id} left: {runc_state}")
+        socket = containerd.shim_socket_path(namespace, container_id)
+        if socket.exists():
+            problems.append(f"shim socket of {container_id} left: {socket}")
+        runc_state = DEFAULT_RUNC_ROOT / namespace / container_id
+        if runc_state.exists():
+            problems.append(f"runc state of {container_id} left: {runc_state}")
     return problems
 
 
 def assert_no_leftovers(
-    containerd: PrivateContainerd, container_ids: Iterable[str] = (), timeout: float = 20.0
+    containerd: PrivateContainerd,
+    container_ids: Iterable[str] = (),
+    timeout: float = 20.0,
+    namespace: str = "default",
 ) -> None:
     """Wait (shims exit asynchronously after Shutdown) until nothing is left behind: no process
     below the subreaper but containerd, no bundle directory, no mount below base_dir, no shim
-    socket or runc state for ``container_ids``; AssertionError listing what remains otherwise.
+    socket or runc state for ``container_ids`` (in ``namespace``); AssertionError listing what
+    remains otherwise.
     """
     ids = list(container_ids)
     problems: list[str] = []
 
     def clean() -> bool:
-        problems[:] = leftovers(containerd, ids)
+        problems[:] = leftovers(containerd, ids, namespace)
         return not problems
 
     deadline = time.monotonic() + timeout

@@ -49,7 +49,6 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.containerd import (
     DEFAULT_DISABLED_PLUGINS,
-    DEFAULT_RUNC_ROOT,
     PrivateContainerd,
     cgroup_hierarchies,
 )
@@ -213,17 +212,11 @@ def alive(process: psutil.Process) -> bool:
         return False
 
 
-def k8s_leftovers(containerd: PrivateContainerd, ids: list[str], cgroup_parent: str) -> list[str]:
-    """What :func:`assert_no_leftovers` does not look at for the ``k8s.io`` namespace: shim
-    sockets, runc state and the containers' cgroups."""
+def cgroup_leftovers(ids: list[str], cgroup_parent: str) -> list[str]:
+    """What :func:`assert_no_leftovers` does not look at: the CRI containers' cgroups (under
+    the pod's cgroup parent)."""
     problems: list[str] = []
     for container_id in ids:
-        socket = containerd.shim_socket_path(K8S_NAMESPACE, container_id)
-        if socket.exists():
-            problems.append(f"shim socket of {container_id}: {socket}")
-        state = DEFAULT_RUNC_ROOT / K8S_NAMESPACE / container_id
-        if state.exists():
-            problems.append(f"runc state of {container_id}: {state}")
         for hierarchy in cgroup_hierarchies():
             cgroup = hierarchy / cgroup_parent.lstrip("/") / container_id
             if cgroup.exists():
@@ -459,12 +452,12 @@ def test_pod_lifecycle_as_the_kubelet_drives_it(cri: CriEnv, handler: str) -> No
 
     # ---- Nothing left: no shim or container process, bundle, mount, socket, runc state,
     # cgroup.
-    assert_no_leftovers(containerd)
+    assert_no_leftovers(containerd, ids, namespace=K8S_NAMESPACE)
     problems: list[str] = []
 
     def clean() -> bool:
-        problems[:] = k8s_leftovers(containerd, ids, cri.cgroup_parent)
+        problems[:] = cgroup_leftovers(ids, cri.cgroup_parent)
         return not problems
 
-    wait_until(clean, 20, "k8s.io leftovers gone")
+    wait_until(clean, 20, "k8s.io cgroups gone")
     assert not problems, problems
