@@ -42,7 +42,7 @@ class ConsoleSocket:
             raise
 
     async def receive_master(self, timeout: float = RECEIVE_TIMEOUT) -> int:
-        """The pty master runc sent (blocking O_NONBLOCK off, close-on-exec set)."""
+        """The pty master runc sent, close-on-exec."""
         if self._listener is None:
             raise StdioError("console socket already closed")
         loop = asyncio.get_running_loop()
@@ -90,13 +90,6 @@ async def _receive_fd(loop: asyncio.AbstractEventLoop, connection: socket.socket
 def resize(master: int, width: int, height: int) -> None:
     """TIOCSWINSZ: the kernel sends SIGWINCH to the terminal's foreground process group."""
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-
-
-def window_size(master: int) -> tuple[int, int]:
-    """(width, height) of the terminal."""
-    packed = fcntl.ioctl(master, termios.TIOCGWINSZ, b"\0" * 8)
-    height, width, _, _ = struct.unpack("HHHH", packed)
-    return width, height
 
 
 def end_of_file_character(master: int) -> bytes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
 
 from pyshim.io.base import ProcessIO, StdioConfig
 from pyshim.io.fifo import InputSource, OutputTarget, open_input, open_output
@@ -63,27 +62,20 @@ class PipeIO(ProcessIO):
             os.close(fd)
         self._theirs.clear()
         if self._stdin_source is not None:
-            self._add_relay("stdin", self._stdin_source.fd, self._ours.pop("stdin"))
-        for stream, target in self._outputs.items():
-            if isinstance(target, LogSink):
-                self._start_relay(stream, LogRelay(self._ours.pop(stream), target,
-                                                   name=f"{self._name} {stream} log"))
-            elif target is not None:
-                self._add_relay(stream, self._ours.pop(stream), target.fd, target.close)
-
-    def _add_relay(
-        self, stream: str, src: int, dst: int, on_done: Callable[[], None] | None = None
-    ) -> None:
-        relay: Relay | LogRelay
-        if stream == "stdin":
             # The FIFO fd belongs to the InputSource; our pipe end is closed at EOF so the
             # container sees EOF too.
-            relay = Relay(src, dst, name=f"{self._name} stdin", close_src=False)
-        else:
-            # The target closes its own fds (write end + keepalive reader) when copying ends.
-            relay = Relay(src, dst, name=f"{self._name} {stream}", close_dst=False,
-                          on_done=on_done)
-        self._start_relay(stream, relay)
+            self._start_relay("stdin", Relay(self._stdin_source.fd, self._ours.pop("stdin"),
+                                             name=f"{self._name} stdin", close_src=False))
+        for stream, target in self._outputs.items():
+            if target is None:
+                continue
+            src = self._ours.pop(stream)
+            if isinstance(target, LogSink):
+                self._start_relay(stream, LogRelay(src, target, name=f"{self._name} {stream} log"))
+            else:
+                # The target closes its own fds (write end + keepalive reader) when copying ends.
+                self._start_relay(stream, Relay(src, target.fd, name=f"{self._name} {stream}",
+                                                close_dst=False, on_done=target.close))
 
     def _start_relay(self, stream: str, relay: Relay | LogRelay) -> None:
         self._relays[stream] = relay
@@ -121,12 +113,6 @@ class PipeIO(ProcessIO):
         for target in self._outputs.values():
             if target is not None:
                 target.close()
-
-
-def _open_file_uri(path: str) -> OutputTarget:
-    os.makedirs(os.path.dirname(path) or "/", mode=0o755, exist_ok=True)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
-    return OutputTarget(os.open(path, flags, 0o644))
 
 
 def open_file_target(path: str) -> OutputTarget:
