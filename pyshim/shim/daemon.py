@@ -23,7 +23,7 @@ from pyshim.options import InvalidOptions, RuncOptions, decode
 from pyshim.protos.containerd.task.v2 import shim_pb2 as task_v2
 from pyshim.protos.containerd.task.v3 import shim_pb2 as task_v3
 from pyshim.reaper import Reaper, become_subreaper
-from pyshim.shim.start import RUNTIME_NAME, DaemonConfig
+from pyshim.shim.start import RUNTIME_NAME, DaemonConfig, lock_path
 from pyshim.task_service import TaskService
 from pyshim.ttrpc import Server, service_from_descriptor
 
@@ -99,8 +99,9 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     await finished.wait()
     log.info("shutting down", extra={"fields": {"containers": len(service.containers)}})
     await server.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(config.socket_path)
+    for path in (config.socket_path, lock_path(config.socket_path)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     await publisher.close(timeout=5.0)
     await service.close()
     oom_watcher.close()

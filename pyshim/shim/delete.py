@@ -15,7 +15,7 @@ import time
 from pyshim.bundle import read_exit_record, read_pid, runc_location
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
-from pyshim.shim.start import socket_alive
+from pyshim.shim.start import lock_path, socket_alive
 
 KILLED_STATUS = 128 + 9
 
@@ -48,8 +48,9 @@ def _remove_dead_socket(bundle: str) -> None:
         return
     # Only a socket nobody serves any more: a grouped shim that is alive keeps its socket.
     if path.startswith("/") and os.path.exists(path) and not socket_alive(path):
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        for dead in (path, lock_path(path)):
+            with contextlib.suppress(OSError):
+                os.unlink(dead)
 
 
 def delete(args: ShimArgs) -> int:

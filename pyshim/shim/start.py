@@ -148,7 +148,7 @@ def group_id(bundle: str, container_id: str) -> str:
     return container_id
 
 
-def _sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes) -> str:
     # The builtin module, not hashlib: importing OpenSSL costs ~12 ms of every start.
     try:
         from _sha256 import sha256  # type: ignore[import-not-found]  # CPython ≤ 3.11
@@ -163,7 +163,7 @@ def _sha256_hex(data: bytes) -> str:
 def socket_path(socket_dir: str, address: str, namespace: str, group: str) -> str:
     """`<dir>/sha256("<grpc address>/<ns>/<group>")`, as runc-v2 names it."""
     key = os.path.join(address, namespace, group)
-    return os.path.join(socket_dir, _sha256_hex(key.encode()))
+    return os.path.join(socket_dir, sha256_hex(key.encode()))
 
 
 def socket_alive(path: str) -> bool:
@@ -225,7 +225,7 @@ def start(args: ShimArgs, stdin: bytes) -> int:
             options=given.options,
         )
         try:
-            spawn_daemon(config, listener)
+            _launch_daemon(config, listener)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -249,31 +249,75 @@ def _oom_score_adj(pid: int) -> int | None:
         return None
 
 
-def spawn_daemon(config: DaemonConfig, listener: socket.socket) -> int:
+def _launch_daemon(config: DaemonConfig, listener: socket.socket) -> None:
+    """A daemon from the warm fork-server if there is one, else forked from this process."""
+    from pyshim.shim import forkclient
+
+    score = _oom_score_adj(os.getppid())
+    log_fd = open_log(config.bundle)
+    try:
+        if forkclient.enabled() and forkclient.request_daemon(config, listener, log_fd, score):
+            return
+        spawn_daemon(config, listener, log_fd, score)
+    finally:
+        os.close(log_fd)
+
+
+def spawn_daemon(
+    config: DaemonConfig, listener: socket.socket, log_fd: int, oom_score_adj: int | None
+) -> int:
     """Fork the serving daemon; returns its pid in the parent, never returns in the child."""
-    containerd_score = _oom_score_adj(os.getppid())
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
+        code = become_daemon(config, listener, log_fd, oom_score_adj)
+    finally:
+        os._exit(code)
+
+
+def become_daemon(
+    config: DaemonConfig, listener: socket.socket, log_fd: int, oom_score_adj: int | None
+) -> int:
+    """In a freshly forked child (of start or of the fork-server): detach, then serve."""
+    try:
         os.setsid()
-        detach_stdio(config.bundle)
+        detach_stdio(log_fd)
+        if not _own_listener(config.socket_path):
+            return 0  # another daemon already serves this socket (see _own_listener)
         _join_shim_cgroup(config.options)
-        if containerd_score is not None:
+        if oom_score_adj is not None:
             # The kernel should prefer the shim over containerd (raising is always allowed).
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
-                score.write(str(min(containerd_score + 1, 1000)))
+                score.write(str(min(oom_score_adj + 1, 1000)))
         from pyshim.shim.daemon import serve
 
-        code = serve(config, listener)
+        return serve(config, listener)
     except BaseException:
         import traceback
 
         with contextlib.suppress(Exception):
             traceback.print_exc()
-    finally:
-        os._exit(code)
+        return 1
+
+
+def lock_path(socket_path: str) -> str:
+    return socket_path + ".lock"
+
+
+def _own_listener(socket_path: str) -> bool:
+    """Take the socket's daemon lock (held until we exit). Only a start that gave up waiting
+    for the fork-server's daemon and forked its own can make two candidates: one serves."""
+    import fcntl
+
+    fd = os.open(lock_path(socket_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return True
 
 
 def _join_shim_cgroup(options: tuple[str, bytes]) -> None:
@@ -295,17 +339,21 @@ def _join_shim_cgroup(options: tuple[str, bytes]) -> None:
             target.write(str(os.getpid()))
 
 
-def detach_stdio(bundle: str) -> None:
-    """stdin/stdout → /dev/null (never hold start's pipe), stderr → the bundle's log FIFO."""
+def open_log(bundle: str) -> int:
+    """The bundle's log FIFO for writing (containerd holds it open for reading, so a
+    non-blocking open succeeds), or /dev/null."""
+    try:
+        return os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+
+def detach_stdio(log_fd: int) -> None:
+    """stdin/stdout → /dev/null (never hold start's pipe), stderr → log_fd."""
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
-    try:
-        # containerd holds the FIFO open for reading, so a non-blocking open succeeds.
-        log = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK)
-    except OSError:
-        log = devnull
-    os.dup2(log, 2)
-    for fd in {devnull, log}:
+    os.dup2(log_fd, 2)
+    for fd in {devnull, log_fd}:
         if fd > 2:
             os.close(fd)

@@ -134,6 +134,8 @@ TASK_STATE_SUBDIR = "io.containerd.runtime.v2.task"
 #: ``exec``s the venv's Python, so the binary name itself is not on the command line). A
 #: process started with the shim flags ``-namespace`` and ``-id`` counts as a shim as well.
 SHIM_CMDLINE_MARKERS = ("containerd-shim-", "pyshim.main")
+#: In the command line of pyshim's warm fork-server (pyshim.shim.forkserver).
+FORKSERVER_MARKER = "pyshim.shim.forkserver"
 
 
 def reference_enabled() -> bool:
@@ -246,7 +248,11 @@ def _daemon_pids(containerd: PrivateContainerd) -> set[int]:
 
 
 def subreaper_leftovers(containerd: PrivateContainerd) -> list[psutil.Process]:
-    """Living children of the subreaper other than containerd itself (shims, orphans)."""
+    """Living processes below the subreaper other than containerd itself (shims, orphans).
+
+    The warm fork-server (one per containerd, expected to stay) is not one, but the shim
+    daemons it forked (its children) are.
+    """
     try:
         children = psutil.Process(containerd.subreaper_pid).children()
     except psutil.NoSuchProcess:
@@ -254,12 +260,21 @@ def subreaper_leftovers(containerd: PrivateContainerd) -> list[psutil.Process]:
     daemon = _daemon_pids(containerd)
     alive = []
     for child in children:
-        try:
-            if child.pid not in daemon and child.status() != psutil.STATUS_ZOMBIE:
-                alive.append(child)
-        except psutil.NoSuchProcess:
+        if child.pid in daemon or not _alive(child):
             continue
+        if FORKSERVER_MARKER in _cmdline(child):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                alive += [daemon for daemon in child.children() if _alive(daemon)]
+            continue
+        alive.append(child)
     return alive
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _cmdline(process: psutil.Process) -> str:

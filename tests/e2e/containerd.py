@@ -48,6 +48,8 @@ from typing import IO, Any
 
 import psutil
 
+from pyshim.shim import forkclient
+
 #: The subreaper wrapper started in front of containerd.
 SUBREAPER = Path(__file__).with_name("subreaper.py")
 
@@ -663,6 +665,7 @@ class PrivateContainerd:
         self._delete_runc_state(errors)
         self._unmount_all(errors)
         self._remove_shim_sockets(errors)
+        self._remove_forkserver_files()
         for fifo_dir in fifo_dirs:
             shutil.rmtree(fifo_dir, ignore_errors=True)
         self._remove_new_empty_dirs()
@@ -717,6 +720,13 @@ class PrivateContainerd:
             return set(os.listdir(SHIM_SOCKET_DIR))
         except FileNotFoundError:
             return set()
+
+    def _remove_forkserver_files(self) -> None:
+        """The socket, lock and log of pyshim's fork-server for this containerd's address
+        (the fork-server itself died with the process tree)."""
+        stem = forkclient.socket_path(str(self.address)).removesuffix(".sock")
+        for suffix in (".sock", ".lock", ".log"):
+            Path(stem + suffix).unlink(missing_ok=True)
 
     def _remove_shim_sockets(self, errors: list[str]) -> None:
         """Remove sockets in /run/containerd/s that appeared since start and nobody serves.

@@ -1,0 +1,120 @@
+"""`start`'s side of the warm fork-server: ask it for a daemon, or bring one up for next time.
+
+Lean like `start` itself (imported by every start): sockets, json and os only. Never waits
+for a fork-server to come up: when none answers, this start forks its own daemon as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+
+from pyshim.shim.start import DaemonConfig, sha256_hex
+
+#: One fork-server per containerd address lives here: directory 0700, sockets 0600.
+FORKSERVER_DIR = "/run/pyshim/forkserver"
+#: Set to 0 (in containerd's environment) to never use a fork-server.
+ENABLE_VARIABLE = "PYSHIM_FORKSERVER"
+#: How long a start waits for the fork-server's daemon to say it is there.
+REPLY_TIMEOUT = 5.0
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_BOOT = ("import sys; sys.path[:0] = sys.argv[1:3]; del sys.argv[1:3]; "
+         "from pyshim.shim.forkserver import main; sys.exit(main(sys.argv[1:]))")
+
+
+def enabled() -> bool:
+    return os.environ.get(ENABLE_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def socket_path(containerd_address: str) -> str:
+    return os.path.join(FORKSERVER_DIR, sha256_hex(containerd_address.encode())[:32] + ".sock")
+
+
+def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
+    """Identifies the installed code: any changed, added or removed module changes it."""
+    entries: list[str] = []
+    pending = [package_dir]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        pending.append(entry.path)
+                elif entry.name.endswith((".py", ".so")):
+                    info = entry.stat()
+                    entries.append(f"{entry.path}:{info.st_mtime_ns}:{info.st_size}")
+    entries.sort()
+    return sha256_hex("\n".join(entries).encode())[:16]
+
+
+def request_daemon(
+    config: DaemonConfig, listener: socket.socket, log_fd: int, oom_score_adj: int | None
+) -> int | None:
+    """The pid of a daemon the fork-server forked for `config`, serving `listener`; None if
+    there is no usable fork-server (one is started for the next time) and the caller must
+    fork the daemon itself."""
+    path = socket_path(config.address)
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        connection.settimeout(REPLY_TIMEOUT)
+        try:
+            connection.connect(path)
+        except OSError:
+            launch(path)
+            return None
+        request = {
+            "stamp": code_stamp(),
+            "config": {
+                "namespace": config.namespace, "id": config.id, "address": config.address,
+                "ttrpc_address": config.ttrpc_address, "bundle": config.bundle,
+                "socket_path": config.socket_path, "debug": config.debug,
+                "publish_binary": config.publish_binary,
+                "options": [config.options[0], config.options[1].decode("latin-1")],
+            },
+            "environment": dict(os.environ),
+            "oom_score_adj": oom_score_adj,
+        }
+        try:
+            socket.send_fds(connection, [json.dumps(request).encode()],
+                            [listener.fileno(), log_fd])
+            reply = json.loads(connection.recv(65536) or b"{}")
+        except (OSError, ValueError):
+            return None  # the daemon lock settles who serves if one was forked after all
+    finally:
+        connection.close()
+    if reply.get("stale"):
+        launch(path)  # the old one exits; the new one has the installed code
+        return None
+    pid = reply.get("pid")
+    return pid if isinstance(pid, int) else None
+
+
+def launch(path: str) -> None:
+    """Start a fork-server at `path` in the background (it gives up if another one runs)."""
+    code_root = os.path.dirname(PACKAGE_DIR)
+    site = next((entry for entry in sys.path if entry.endswith("site-packages")), code_root)
+    with contextlib.suppress(OSError):
+        os.makedirs(FORKSERVER_DIR, mode=0o700, exist_ok=True)
+    pid = os.fork()
+    if pid:
+        return
+    try:
+        os.setsid()
+        # Never hold start's stdout: containerd reads it until EOF.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        log = os.open(path[: -len(".sock")] + ".log",
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        for target, fd in ((0, devnull), (1, devnull), (2, log)):
+            os.dup2(fd, target)
+        os.closerange(3, 65536)
+        # A fresh interpreter rather than this start's process: it shows as what it is in
+        # `ps`, and imports everything itself.
+        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOT, code_root, site,
+                                  path])
+    finally:
+        os._exit(127)
