@@ -3,8 +3,9 @@
 
 Holds no per-container state and runs no event loop (a child forked from a running loop would
 share its epoll): a blocking accept loop. A forked daemon depends on nothing of ours after the
-fork: its own session, its own loop, and it outlives us. Reaps the daemons it forked; exits
-when `start` reports newer installed code, so the next one runs it.
+fork: its own session, its own loop, and it outlives us. The kernel reaps our children (SIGCHLD
+ignored). A child that finds the request's code stamp differs from ours tells us to exit, so
+the next fork-server runs the installed code.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 from pyshim.shim import forkclient
 from pyshim.shim.start import DaemonConfig, become_daemon
@@ -62,7 +64,9 @@ def main(argv: list[str]) -> int:
     # to their pages (which would copy them into each child).
     gc.collect()
     gc.freeze()
-    signal.signal(signal.SIGCHLD, _reap)
+    mark_mergeable()
+    # The kernel reaps our children: no Python code runs (and touches shared pages) per exit.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
     log.info("serving %s (code %s)", path, stamp)
     try:
@@ -86,24 +90,22 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stop
 
 
-def _reap(signum: int, frame: object) -> None:
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+#: How long a new fork-server waits for a stale one (told to exit) to release the lock.
+_LOCK_WAIT = 3.0
 
 
 def _take_lock(path: str) -> int | None:
     fd = os.open(path[: -len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd  # held (never closed) for as long as we live
+    deadline = time.monotonic() + _LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd  # held (never closed) for as long as we live
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
 
 
 def _listen(path: str) -> socket.socket:
@@ -121,6 +123,8 @@ def _listen(path: str) -> socket.socket:
 
 
 def _serve(listener: socket.socket, stamp: str) -> None:
+    """Accept, fork, close: the child reads and checks the request. Every page this loop
+    writes after a fork stops being shared with that child, so it does as little as it can."""
     while True:
         try:
             connection, _ = listener.accept()
@@ -128,31 +132,54 @@ def _serve(listener: socket.socket, stamp: str) -> None:
             if error.errno in (errno.EINTR, errno.ECONNABORTED):
                 continue
             raise
-        with connection:
-            if not _handle(connection, stamp):
-                return
+        try:
+            if os.fork() == 0:
+                _child(connection, stamp)
+        finally:
+            connection.close()
 
 
-def _handle(connection: socket.socket, stamp: str) -> bool:
-    """Serve one request; False when we must exit (the installed code changed)."""
+def _child(connection: socket.socket, stamp: str) -> None:
+    """In the forked child: read the request, then become start's daemon, as if start had
+    forked it. Never returns."""
+    code = 1
+    try:
+        for fd in _own_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        request = _read_request(connection, stamp)
+        if request is not None:
+            code = _become_daemon(connection, *request)
+    except BaseException:
+        log.exception("daemon failed to start")
+    finally:
+        os._exit(code)
+
+
+def _read_request(
+    connection: socket.socket, stamp: str
+) -> tuple[DaemonConfig, dict[str, str], int | None, int, int] | None:
     pid, uid, _gid = struct.unpack(
         "3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     )
     if uid != os.geteuid():
         log.warning("refused a request from pid %d (uid %d)", pid, uid)
-        return True
+        return None
     connection.settimeout(5.0)
     try:
         data, fds, _flags, _ = socket.recv_fds(connection, _MAX_REQUEST, 2)
     except OSError as error:
         log.warning("bad request from pid %d: %s", pid, error)
-        return True
+        return None
     try:
         request = json.loads(data)
         if request.get("stamp") != stamp:
             log.info("installed code changed (%s → %s): exiting", stamp, request.get("stamp"))
             connection.send(b'{"stale": true}')
-            return False
+            os.kill(os.getppid(), signal.SIGTERM)
+            return None
         if len(fds) != 2:
             raise ValueError(f"expected 2 file descriptors, got {len(fds)}")
         config = _config(request["config"])
@@ -162,17 +189,9 @@ def _handle(connection: socket.socket, stamp: str) -> bool:
         log.warning("bad request from pid %d: %s", pid, error)
         with contextlib.suppress(OSError):
             connection.send(json.dumps({"error": str(error)}).encode())
-        for fd in fds:
-            os.close(fd)
-        return True
+        return None
     listener_fd, log_fd = fds
-    child = os.fork()
-    if child == 0:
-        _child(connection, config, environment, score, listener_fd, log_fd)
-    os.close(listener_fd)
-    os.close(log_fd)
-    log.info("forked daemon %d for %s/%s", child, config.namespace, config.id)
-    return True
+    return config, environment, score if isinstance(score, int) else None, listener_fd, log_fd
 
 
 def _config(fields: dict[str, object]) -> DaemonConfig:
@@ -188,38 +207,53 @@ def _config(fields: dict[str, object]) -> DaemonConfig:
     )
 
 
-def _child(
+def _become_daemon(
     connection: socket.socket,
     config: DaemonConfig,
     environment: dict[str, str],
-    score: object,
+    score: int | None,
     listener_fd: int,
     log_fd: int,
-) -> None:
-    """In the forked child: become start's daemon, as if start had forked it."""
-    code = 1
-    try:
-        for fd in _own_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        for signum in (signal.SIGCHLD, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
-        os.environ.clear()
-        os.environ.update(environment)
-        os.chdir(config.bundle)
-        # What ps shows: the shim it now is, not the fork-server it was.
-        set_command_line(f"containerd-shim-pyshim-v1 -namespace {config.namespace} "
-                         f"-id {config.id} -address {config.address}")
-        listener = socket.socket(fileno=listener_fd)
-        with contextlib.suppress(OSError):
-            connection.send(json.dumps({"pid": os.getpid()}).encode())
-        connection.close()
-        code = become_daemon(config, listener, log_fd,
-                             score if isinstance(score, int) else None)
-    except BaseException:
-        log.exception("daemon for %s/%s failed to start", config.namespace, config.id)
-    finally:
-        os._exit(code)
+) -> int:
+    os.environ.clear()
+    os.environ.update(environment)
+    os.chdir(config.bundle)
+    # What ps shows: the shim it now is, not the fork-server it was.
+    set_command_line(f"containerd-shim-pyshim-v1 -namespace {config.namespace} "
+                     f"-id {config.id} -address {config.address}")
+    listener = socket.socket(fileno=listener_fd)
+    with contextlib.suppress(OSError):
+        connection.send(json.dumps({"pid": os.getpid()}).encode())
+    connection.close()
+    return become_daemon(config, listener, log_fd, score)
+
+
+#: madvise(2) advice: let the kernel's same-page merging (KSM) scan these pages.
+MADV_MERGEABLE = 12
+
+
+def mark_mergeable() -> int:
+    """Offer our private writable memory to KSM; returns how many bytes were offered.
+
+    Python writes reference counts into every object it touches, so each daemon copies most
+    of the pages it uses from us; but idle daemons in the same state write the same values,
+    and most of those copies are byte for byte alike across daemons. Where the host runs KSM
+    (/sys/kernel/mm/ksm/run = 1), it merges them back. Children inherit the advice with the
+    mappings; exec (runc, containers) drops it. Without KSM running this costs nothing.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    offered = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            perms = fields[1]
+            if perms[1] != "w" or perms[3] != "p" or (len(fields) > 5 and fields[5] == "[stack]"):
+                continue
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            if libc.madvise(start, end - start, MADV_MERGEABLE) == 0:
+                offered += end - start
+    return offered
 
 
 def set_command_line(title: str) -> None:
