@@ -7,8 +7,9 @@ pid files runc writes. Lean: `start` and `delete` import it. Writes are atomic (
 
 from __future__ import annotations
 
-import json
 import os
+
+from pyshim import jsonlite
 
 ADDRESS = "address"
 EXIT_RECORD = "init.exit"
@@ -45,7 +46,7 @@ def read_pid(path: str) -> int:
 def write_exit_record(bundle: str, status: int, exited_at_ns: int) -> None:
     _write_atomically(
         os.path.join(bundle, EXIT_RECORD),
-        json.dumps({"status": status, "exited_at_ns": exited_at_ns}),
+        f'{{"status": {int(status)}, "exited_at_ns": {int(exited_at_ns)}}}',
     )
 
 
@@ -53,8 +54,8 @@ def read_exit_record(bundle: str) -> tuple[int, int] | None:
     """(status, exited_at ns) the daemon wrote when it reaped the init, if it did."""
     try:
         with open(os.path.join(bundle, EXIT_RECORD), encoding="utf-8") as record:
-            data = json.load(record)
-        return int(data["status"]), int(data["exited_at_ns"])
+            data = jsonlite.loads(record.read())
+        return int(data["status"]), int(data["exited_at_ns"])  # type: ignore[index]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -73,7 +74,7 @@ def read_runtime_options(bundle: str) -> dict[str, object]:
     """What write_runtime_options stored ({} when missing or unreadable)."""
     try:
         with open(os.path.join(bundle, OPTIONS), encoding="utf-8") as saved:
-            data = json.load(saved)
+            data = jsonlite.loads(saved.read())
     except (OSError, ValueError):
         data = {}
     if not isinstance(data, dict):

@@ -64,6 +64,8 @@ def _read_stdin() -> bytes:
 
 def _serve_foreground(args: object) -> int:
     """No action: serve in the foreground on -socket (debugging; containerd never does it)."""
+    import socket
+
     from pyshim.shim.args import ShimArgs
     from pyshim.shim.daemon import serve
     from pyshim.shim.start import DaemonConfig, bind_or_join
@@ -82,7 +84,7 @@ def _serve_foreground(args: object) -> int:
         ttrpc_address=os.environ.get("TTRPC_ADDRESS", ""), bundle=os.getcwd(),
         socket_path=args.socket, debug=args.debug,
     )
-    return serve(config, listener)
+    return serve(config, socket.socket(fileno=listener.detach()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,14 @@
 """`start`'s side of the warm fork-server: ask it for a daemon, or bring one up for next time.
 
-Lean like `start` itself (imported by every start): sockets, json and os only. Never waits
-for a fork-server to come up: when none answers, this start forks its own daemon as before.
+Lean like `start` itself (imported by every start): `_socket`, `marshal` and `os` only. Never
+waits for a fork-server to come up: when none answers, this start forks its own daemon.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import _socket
+import marshal
 import os
-import socket
 import sys
 
 from pyshim.shim.start import DaemonConfig, sha256_hex
@@ -49,17 +48,18 @@ def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
                     info = entry.stat()
                     entries.append(f"{entry.path}:{info.st_mtime_ns}:{info.st_size}")
     entries.sort()
+    entries.append(f"python {sys.hexversion:x}")  # the request's marshal format, and pyc
     return sha256_hex("\n".join(entries).encode())[:16]
 
 
 def request_daemon(
-    config: DaemonConfig, listener: socket.socket, log_fd: int, oom_score_adj: int | None
+    config: DaemonConfig, listener: _socket.socket, log_fd: int, oom_score_adj: int | None
 ) -> int | None:
     """The pid of a daemon the fork-server forked for `config`, serving `listener`; None if
     there is no usable fork-server (one is started for the next time) and the caller must
     fork the daemon itself."""
     path = socket_path(config.address)
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
         connection.settimeout(REPLY_TIMEOUT)
         try:
@@ -74,23 +74,24 @@ def request_daemon(
                 "ttrpc_address": config.ttrpc_address, "bundle": config.bundle,
                 "socket_path": config.socket_path, "debug": config.debug,
                 "publish_binary": config.publish_binary,
-                "options": [config.options[0], config.options[1].decode("latin-1")],
+                "options": config.options,
             },
             "environment": dict(os.environ),
             "oom_score_adj": oom_score_adj,
         }
         try:
-            socket.send_fds(connection, [json.dumps(request).encode()],
-                            [listener.fileno(), log_fd])
-            reply = json.loads(connection.recv(65536) or b"{}")
-        except (OSError, ValueError):
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (listener.fileno(), log_fd))
+            connection.sendmsg([marshal.dumps(request)],
+                               [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            reply = marshal.loads(connection.recv(65536) or marshal.dumps({}))
+        except (OSError, ValueError, EOFError, TypeError):
             return None  # the daemon lock settles who serves if one was forked after all
     finally:
         connection.close()
-    if reply.get("stale"):
+    if isinstance(reply, dict) and reply.get("stale"):
         launch(path)  # the old one exits; the new one has the installed code
         return None
-    pid = reply.get("pid")
+    pid = reply.get("pid") if isinstance(reply, dict) else None
     return pid if isinstance(pid, int) else None
 
 
@@ -98,8 +99,10 @@ def launch(path: str) -> None:
     """Start a fork-server at `path` in the background (it gives up if another one runs)."""
     code_root = os.path.dirname(PACKAGE_DIR)
     site = next((entry for entry in sys.path if entry.endswith("site-packages")), code_root)
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 (not contextlib: start's imports are timed)
         os.makedirs(FORKSERVER_DIR, mode=0o700, exist_ok=True)
+    except OSError:
+        pass
     pid = os.fork()
     if pid:
         return

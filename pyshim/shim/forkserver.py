@@ -15,8 +15,8 @@ import ctypes
 import errno
 import fcntl
 import gc
-import json
 import logging
+import marshal
 import os
 import signal
 import socket
@@ -25,7 +25,8 @@ import sys
 import time
 
 from pyshim.shim import forkclient
-from pyshim.shim.start import DaemonConfig, become_daemon
+from pyshim.shim.daemonize import become_daemon
+from pyshim.shim.start import DaemonConfig
 
 log = logging.getLogger("pyshim.forkserver")
 
@@ -174,10 +175,12 @@ def _read_request(
         log.warning("bad request from pid %d: %s", pid, error)
         return None
     try:
-        request = json.loads(data)
+        request = marshal.loads(data)  # a root peer (checked above) running our Python
+        if not isinstance(request, dict):
+            raise TypeError("the request is not a dict")
         if request.get("stamp") != stamp:
             log.info("installed code changed (%s → %s): exiting", stamp, request.get("stamp"))
-            connection.send(b'{"stale": true}')
+            connection.send(marshal.dumps({"stale": True}))
             os.kill(os.getppid(), signal.SIGTERM)
             return None
         if len(fds) != 2:
@@ -185,10 +188,10 @@ def _read_request(
         config = _config(request["config"])
         environment = {str(k): str(v) for k, v in request["environment"].items()}
         score = request.get("oom_score_adj")
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, EOFError) as error:
         log.warning("bad request from pid %d: %s", pid, error)
         with contextlib.suppress(OSError):
-            connection.send(json.dumps({"error": str(error)}).encode())
+            connection.send(marshal.dumps({"error": str(error)}))
         return None
     listener_fd, log_fd = fds
     return config, environment, score if isinstance(score, int) else None, listener_fd, log_fd
@@ -196,14 +199,15 @@ def _read_request(
 
 def _config(fields: dict[str, object]) -> DaemonConfig:
     options = fields["options"]
-    if not (isinstance(options, list) and len(options) == 2):
-        raise ValueError("options must be [type_url, value]")
+    if not (isinstance(options, tuple) and len(options) == 2
+            and isinstance(options[0], str) and isinstance(options[1], bytes)):
+        raise ValueError("options must be (type_url, value)")
     return DaemonConfig(
         namespace=str(fields["namespace"]), id=str(fields["id"]),
         address=str(fields["address"]), ttrpc_address=str(fields["ttrpc_address"]),
         bundle=str(fields["bundle"]), socket_path=str(fields["socket_path"]),
         debug=bool(fields["debug"]), publish_binary=str(fields["publish_binary"]),
-        options=(str(options[0]), str(options[1]).encode("latin-1")),
+        options=options,
     )
 
 
@@ -223,7 +227,7 @@ def _become_daemon(
                      f"-id {config.id} -address {config.address}")
     listener = socket.socket(fileno=listener_fd)
     with contextlib.suppress(OSError):
-        connection.send(json.dumps({"pid": os.getpid()}).encode())
+        connection.send(marshal.dumps({"pid": os.getpid()}))
     connection.close()
     return become_daemon(config, listener, log_fd, score)
 

@@ -1,19 +1,20 @@
 """`start`: pick the shim for this task, leave a listening socket, print its address, exit.
 
-Lean on purpose (its run time is measured): no asyncio, no protobuf. Binds and listens before
-forking, so the address is dialable the moment it is printed; the daemon continues in the
-forked child through `daemon.serve(config, listener)` without re-executing anything.
+Lean on purpose (its run time is measured, `python -X importtime`): no asyncio, no protobuf,
+not even `json`, `socket` or `contextlib` (`_socket` and `jsonlite` instead). Binds and listens
+before the daemon exists, so the address is dialable the moment it is printed; the warm
+fork-server forks the daemon (`forkclient`), or else this process does (`daemonize`), and it
+serves through `daemon.serve(config, listener)` without re-executing anything.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _socket
 import errno
-import json
 import os
-import socket
 import sys
 
+from pyshim import jsonlite
 from pyshim.bundle import write_address
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
@@ -138,7 +139,7 @@ def group_id(bundle: str, container_id: str) -> str:
     """The grouping id from config.json's annotations, else the container id (spec §1.6)."""
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as config:
-            annotations = json.load(config).get("annotations") or {}
+            annotations = jsonlite.loads(config.read()).get("annotations") or {}  # type: ignore[attr-defined]
     except (OSError, ValueError, AttributeError):
         return container_id
     for key in GROUP_ANNOTATIONS:
@@ -168,7 +169,7 @@ def socket_path(socket_dir: str, address: str, namespace: str, group: str) -> st
 
 def socket_alive(path: str) -> bool:
     """Whether a shim accepts connections on path (100 ms, as runc-v2 probes)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     probe.settimeout(0.1)
     try:
         probe.connect(path)
@@ -179,11 +180,11 @@ def socket_alive(path: str) -> bool:
     return True
 
 
-def bind_or_join(path: str) -> socket.socket | None:
+def bind_or_join(path: str) -> _socket.socket | None:
     """A listening socket at path, or None when a live shim already listens there."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     for _ in range(3):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             sock.bind(path)
         except OSError as error:
@@ -192,8 +193,10 @@ def bind_or_join(path: str) -> socket.socket | None:
                 raise StartError(f"cannot listen on {path}: {error.strerror}") from error
             if socket_alive(path):
                 return None
-            with contextlib.suppress(FileNotFoundError):
+            try:  # noqa: SIM105 (not contextlib: start's imports are timed)
                 os.unlink(path)  # stale socket of a dead shim
+            except FileNotFoundError:
+                pass
             continue
         os.chmod(path, 0o600)
         sock.listen(128)
@@ -227,8 +230,10 @@ def start(args: ShimArgs, stdin: bytes) -> int:
         try:
             _launch_daemon(config, listener)
         except BaseException:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (not contextlib: start's imports are timed)
                 os.unlink(path)
+            except OSError:
+                pass
             raise
         finally:
             listener.close()
@@ -249,7 +254,7 @@ def _oom_score_adj(pid: int) -> int | None:
         return None
 
 
-def _launch_daemon(config: DaemonConfig, listener: socket.socket) -> None:
+def _launch_daemon(config: DaemonConfig, listener: _socket.socket) -> None:
     """A daemon from the warm fork-server if there is one, else forked from this process."""
     from pyshim.shim import forkclient
 
@@ -258,85 +263,11 @@ def _launch_daemon(config: DaemonConfig, listener: socket.socket) -> None:
     try:
         if forkclient.enabled() and forkclient.request_daemon(config, listener, log_fd, score):
             return
+        from pyshim.shim.daemonize import spawn_daemon  # cold: imports the daemon after fork
+
         spawn_daemon(config, listener, log_fd, score)
     finally:
         os.close(log_fd)
-
-
-def spawn_daemon(
-    config: DaemonConfig, listener: socket.socket, log_fd: int, oom_score_adj: int | None
-) -> int:
-    """Fork the serving daemon; returns its pid in the parent, never returns in the child."""
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        code = become_daemon(config, listener, log_fd, oom_score_adj)
-    finally:
-        os._exit(code)
-
-
-def become_daemon(
-    config: DaemonConfig, listener: socket.socket, log_fd: int, oom_score_adj: int | None
-) -> int:
-    """In a freshly forked child (of start or of the fork-server): detach, then serve."""
-    try:
-        os.setsid()
-        detach_stdio(log_fd)
-        if not _own_listener(config.socket_path):
-            return 0  # another daemon already serves this socket (see _own_listener)
-        _join_shim_cgroup(config.options)
-        if oom_score_adj is not None:
-            # The kernel should prefer the shim over containerd (raising is always allowed).
-            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
-                score.write(str(min(oom_score_adj + 1, 1000)))
-        from pyshim.shim.daemon import serve
-
-        return serve(config, listener)
-    except BaseException:
-        import traceback
-
-        with contextlib.suppress(Exception):
-            traceback.print_exc()
-        return 1
-
-
-def lock_path(socket_path: str) -> str:
-    return socket_path + ".lock"
-
-
-def _own_listener(socket_path: str) -> bool:
-    """Take the socket's daemon lock (held until we exit). Only a start that gave up waiting
-    for the fork-server's daemon and forked its own can make two candidates: one serves."""
-    import fcntl
-
-    fd = os.open(lock_path(socket_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return False
-    return True
-
-
-def _join_shim_cgroup(options: tuple[str, bytes]) -> None:
-    """runc Options.shim_cgroup (field 3): move the daemon there, as runc-v2 does (§1.4)."""
-    type_url, value = options
-    if type_url.rsplit("/", 1)[-1] != "containerd.runc.v1.Options":
-        return
-    cgroup = wire.strings(value).get(3, "").strip("/")
-    if not cgroup:
-        return
-    candidates = [os.path.join("/sys/fs/cgroup", cgroup, "cgroup.procs")]
-    with contextlib.suppress(OSError):
-        candidates += [
-            os.path.join("/sys/fs/cgroup", controller, cgroup, "cgroup.procs")
-            for controller in os.listdir("/sys/fs/cgroup")
-        ]
-    for procs in candidates:
-        with contextlib.suppress(OSError), open(procs, "w") as target:
-            target.write(str(os.getpid()))
 
 
 def open_log(bundle: str) -> int:
@@ -348,12 +279,6 @@ def open_log(bundle: str) -> int:
         return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
 
-def detach_stdio(log_fd: int) -> None:
-    """stdin/stdout → /dev/null (never hold start's pipe), stderr → log_fd."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    os.dup2(log_fd, 2)
-    for fd in {devnull, log_fd}:
-        if fd > 2:
-            os.close(fd)
+def lock_path(socket_path: str) -> str:
+    """The daemon lock beside a shim socket (see daemonize.own_listener)."""
+    return socket_path + ".lock"
