@@ -38,10 +38,13 @@ def shim_main(argv: list[str] | None = None) -> int:
         from pyshim.shim.start import StartError, start
 
         try:
-            return start(args, _read_stdin())
+            code = start(args, _read_stdin())
         except (StartError, OSError) as error:
             print(f"{RUNTIME_NAME}: {error}", file=sys.stderr)
             return 1
+        # Everything is written and flushed; skip the interpreter's tear-down (~2 ms of
+        # every container start).
+        os._exit(code)
     if args.action == "delete":
         from pyshim.shim.delete import delete
 
