@@ -63,6 +63,10 @@ class ProcessIO:
     async def wait_output(self) -> None:
         """After the process exited: until every byte it wrote has been relayed."""
 
+    def output_drained(self) -> bool:
+        """Whether wait_output() would return at once (the exit need not wait a loop turn)."""
+        return True
+
     def close_stdin(self) -> None:
         """CloseIO: the container sees EOF once the client's writer is gone too."""
 

@@ -168,6 +168,9 @@ class BinaryLoggerIO(ProcessIO):
         if self._terminal is not None:
             await self._terminal.wait_output()
 
+    def output_drained(self) -> bool:
+        return self._terminal is None or self._terminal.output_drained()
+
     def resize(self, width: int, height: int) -> None:
         if self._terminal is not None:
             self._terminal.resize(width, height)

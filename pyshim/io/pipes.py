@@ -86,6 +86,10 @@ class PipeIO(ProcessIO):
             *(relay.drained() for stream, relay in self._relays.items() if stream != "stdin")
         )
 
+    def output_drained(self) -> bool:
+        return all(relay.is_drained() for stream, relay in self._relays.items()
+                   if stream != "stdin")
+
     def close_stdin(self) -> None:
         if self._stdin_source is not None:
             self._stdin_source.close_keepalive()

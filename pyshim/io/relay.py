@@ -65,15 +65,17 @@ class RelayTask:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._task)
 
+    def is_drained(self) -> bool:
+        """Whether everything written to src so far has gone out (or copying ended)."""
+        return self.done or (not self._unwritten() and pending_bytes(self.src) == 0)
+
     async def drained(self) -> None:
-        """Until everything written to src so far has gone out (or copying ended).
+        """Until is_drained().
 
         Used after the writer exited: its last bytes are in the pipe by then, and this returns
         once they are through, even if another process still holds the pipe open.
         """
-        while not self.done:
-            if not self._unwritten() and pending_bytes(self.src) == 0:
-                return
+        while not self.is_drained():
             self._progress.clear()
             await self._progress.wait()
 

@@ -78,6 +78,9 @@ class TerminalIO(ProcessIO):
         if self._output is not None:
             await self._output.drained()
 
+    def output_drained(self) -> bool:
+        return self._output is None or self._output.is_drained()
+
     def close_stdin(self) -> None:
         if self._stdin_source is not None:
             self._stdin_source.close_keepalive()

@@ -416,18 +416,19 @@ class Container:
             self.reaper.forget(process.pid, future)
             raise
         process.reaped = True
-        log.info("%s: pid %d exited with status %d", process.label, exited.pid, exited.status)
         if process.is_init:
             await self._after_init_died(process)
-        try:
-            await asyncio.wait_for(process.io.wait_output(), self.exit_drain_timeout)
-        except TimeoutError:
-            log.warning("%s: output not drained after %.0f s; reporting the exit anyway",
-                        process.label, self.exit_drain_timeout)
+        # Each await below that is not needed would cost the exit event a loop turn.
+        if not process.io.output_drained():
+            try:
+                await asyncio.wait_for(process.io.wait_output(), self.exit_drain_timeout)
+            except TimeoutError:
+                log.warning("%s: output not drained after %.0f s; reporting the exit anyway",
+                            process.label, self.exit_drain_timeout)
         start_done = self._start_done.get(process.id)
-        if start_done is not None:
+        if start_done is not None and not start_done.is_set():
             await start_done.wait()
-        if process.is_init:
+        if process.is_init and not self._execs_idle():
             await self._execs_settled()
         process.state.exited()
         process.record_exit(exited.status, exited.time_ns)
@@ -439,6 +440,7 @@ class Container:
         else:
             self._exec_change.set()
         self.listener.process_exited(process)
+        log.info("%s: pid %d exited with status %d", process.label, exited.pid, exited.status)
 
     async def _after_init_died(self, process: Process) -> None:
         if process.status in (Status.PAUSED, Status.PAUSING):
@@ -452,12 +454,14 @@ class Container:
             # Let a pending OOM notification arrive before the exit (CRI reads it first).
             await asyncio.sleep(0)
 
+    def _execs_idle(self) -> bool:
+        """No exec start in flight, and every started exec has reported its exit."""
+        return self._exec_starts == 0 and not any(
+            p.pid and not p.exited for p in self.execs.values())
+
     async def _execs_settled(self) -> None:
-        """Until no exec start is in flight and every started exec has reported its exit."""
-        while True:
-            running = [p for p in self.execs.values() if p.pid and not p.exited]
-            if self._exec_starts == 0 and not running:
-                return
+        """Until _execs_idle()."""
+        while not self._execs_idle():
             self._exec_change.clear()
             await self._exec_change.wait()
 

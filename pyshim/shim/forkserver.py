@@ -264,12 +264,14 @@ def set_command_line(title: str) -> None:
     """Overwrite our argv memory (what /proc/PID/cmdline shows) with `title`, cut to fit.
 
     The kernel reads the original argv area; writing it in place needs no privilege (unlike
-    PR_SET_MM), and our own argv is long enough for a shim's command line.
+    PR_SET_MM), and our own argv is long enough for a shim's command line. The rest of the
+    area is spaces, not NULs, and the last byte is not a NUL: the kernel then shows the title
+    up to its NUL (the setproctitle convention) instead of a tail of empty arguments.
     """
     with open("/proc/self/stat", "rb") as stat_file:
         stat = stat_file.read()
     fields = stat[stat.rindex(b")") + 2 :].split()
     start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
     size = end - start
-    data = title.encode()[: size - 1]
-    ctypes.memmove(start, data + b"\0" * (size - len(data)), size)
+    data = title.encode()[: size - 2] + b"\0"
+    ctypes.memmove(start, data + b" " * (size - len(data)), size)
