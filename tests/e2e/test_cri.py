@@ -9,11 +9,17 @@ sleeps forever, and under the image name of ``deploy/kubernetes/pod.yaml``. The 
 container configs are made from that pod.yaml (``tests/e2e/cri/kube.py``). The pod uses the
 node's network (``hostNetwork``), so no CNI plugin is needed.
 
+The module runs twice, on a containerd of its own each time: with pyshim's warm fork-server
+on (``forkserver-on``: a first container brings it up before the tests, so the pod's shim is a
+daemon it forked) and off (``forkserver-off``: ``PYSHIM_FORKSERVER=0``, the shim is forked by
+its ``start``).
+
 With ``PYSHIM_E2E_REFERENCE=1`` the pod test runs with the snippet's ``runc`` handler
-(containerd-shim-runc-v2) too, to check the test itself.
+(containerd-shim-runc-v2) too, to check the test itself (once: the fork-server is pyshim's).
 
 containerd's log, which has the shims' log lines too, is kept after the run as
-``<pytest basetemp>/cri0/containerd.log`` (e.g. ``/tmp/pytest-of-root/pytest-<n>/cri0/``).
+``<pytest basetemp>/cri-forkserver-<on|off>0/containerd.log`` (e.g.
+``/tmp/pytest-of-root/pytest-<n>/cri-forkserver-on0/``).
 """
 
 from __future__ import annotations
@@ -34,11 +40,16 @@ import pytest
 
 from tests.e2e.conftest import (
     BUSYBOX,
+    FORKSERVER_MARKER,
+    FORKSERVER_ON_ONLY,
     PYSHIM_RUNTIME,
     SHIM_BIN_DIR,
     SHIM_TOOLS,
     assert_no_leftovers,
     bundle_dir,
+    expected_shim_parent,
+    forkserver_env,
+    forkserver_problems,
     reference_enabled,
     require_e2e,
     shim_path_env,
@@ -46,11 +57,13 @@ from tests.e2e.conftest import (
     task_list,
     unique_id,
     wait_until,
+    warm_up_forkserver,
 )
 from tests.e2e.containerd import (
     DEFAULT_DISABLED_PLUGINS,
     PrivateContainerd,
     cgroup_hierarchies,
+    make_busybox_rootfs,
 )
 from tests.e2e.cri import api_pb2 as api
 from tests.e2e.cri import kube
@@ -66,7 +79,11 @@ PAUSE_COMMAND = ["/bin/sleep", "infinity"]
 #: The handler the deploy files register for pyshim, and the reference one they keep.
 PYSHIM_HANDLER = "pyshim"
 RUNC_HANDLER = "runc"
-HANDLERS = [PYSHIM_HANDLER, RUNC_HANDLER] if reference_enabled() else [PYSHIM_HANDLER]
+#: Handlers of the pod test; the reference only with the fork-server on (it is pyshim's).
+HANDLERS = [
+    PYSHIM_HANDLER,
+    *([pytest.param(RUNC_HANDLER, marks=FORKSERVER_ON_ONLY)] if reference_enabled() else []),
+]
 
 #: Exit status the runtime reports for a process killed by SIGKILL.
 SIGKILL_STATUS = 128 + 9
@@ -109,11 +126,24 @@ class CriEnv:
     log_root: Path
     #: The pods' cgroup parent (the kubelet's /kubepods/...), one directory per module.
     cgroup_parent: str
+    #: pyshim's fork-server, serving before the first test; None when it is off.
+    forkserver: psutil.Process | None
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(True, id="forkserver-on"), pytest.param(False, id="forkserver-off")],
+)
+def forkserver(request: pytest.FixtureRequest) -> bool:
+    """Whether the module's containerd lets pyshim use its warm fork-server (both, in turn)."""
+    return bool(request.param)
 
 
 @pytest.fixture(scope="module")
-def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriEnv]:
-    """A private containerd with CRI on, the deploy snippet's handlers, both images imported."""
+def cri(tmp_path_factory: pytest.TempPathFactory, forkserver: bool) -> Iterator[CriEnv]:
+    """A private containerd with CRI on, the deploy snippet's handlers, both images imported;
+    with the fork-server on, it serves (brought up by a first container, ``default``
+    namespace)."""
     require_e2e((*SHIM_TOOLS, "runc"), (BUSYBOX, str(SHIM_BIN_DIR / "containerd-shim-pyshim-v1")))
     base_dir = Path(tempfile.mkdtemp(prefix="pyshim-e2e-", dir="/tmp"))
     for directory in ("cni/bin", "cni/conf", "images", "logs"):
@@ -122,7 +152,7 @@ def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriEnv]:
         base_dir,
         extra_config=cri_test_config(base_dir),
         disabled_plugins=[name for name in DEFAULT_DISABLED_PLUGINS if name != kube.CRI_PLUGIN],
-        env={"PATH": shim_path_env()},
+        env={"PATH": shim_path_env(), **forkserver_env(forkserver)},
     )
     client: CriClient | None = None
     try:
@@ -148,9 +178,12 @@ def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriEnv]:
 
         # CRI learns about imported images from containerd's events, asynchronously.
         wait_until(known, 60, "CRI knows the imported images")
+        server = None
+        if forkserver:
+            server = warm_up_forkserver(containerd, make_busybox_rootfs(base_dir / "rootfs"))
         yield CriEnv(
             containerd, connected, pause, workload, base_dir / "logs",
-            f"/pyshim-cri-{secrets.token_hex(4)}",
+            f"/pyshim-cri-{secrets.token_hex(4)}", server,
         )
     finally:
         try:
@@ -159,7 +192,8 @@ def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CriEnv]:
             # Keep containerd's log (the shims log there too) for a post-mortem: stop()
             # removes base_dir.
             if containerd.log_path.exists():
-                kept = tmp_path_factory.mktemp("cri") / "containerd.log"
+                mode = "on" if forkserver else "off"
+                kept = tmp_path_factory.mktemp(f"cri-forkserver-{mode}") / "containerd.log"
                 shutil.copyfile(containerd.log_path, kept)
         finally:
             containerd.stop()
@@ -354,8 +388,20 @@ def test_pod_lifecycle_as_the_kubelet_drives_it(cri: CriEnv, handler: str) -> No
         assert len(shims) == 1, [shim.cmdline() for shim in shims]
         [shim] = shims
         command_line = " ".join(shim.cmdline())
-        marker = "pyshim.main" if runtime_type == PYSHIM_RUNTIME else "containerd-shim-runc-v2"
-        assert marker in command_line, command_line
+        if runtime_type != PYSHIM_RUNTIME:
+            assert "containerd-shim-runc-v2" in command_line, command_line
+        elif cri.forkserver is None:
+            assert "pyshim.main" in command_line, command_line  # its start's command line
+        else:
+            # Forked by the fork-server, it names itself as containerd would have started it.
+            assert command_line.split()[:5] == [
+                "containerd-shim-pyshim-v1", "-namespace", K8S_NAMESPACE, "-id", sandbox_id
+            ], command_line
+        assert FORKSERVER_MARKER not in command_line, command_line
+        # Forked by the fork-server (its parent), or by its start (re-parented to the
+        # subreaper) when the fork-server is off.
+        forked_by = cri.forkserver if runtime_type == PYSHIM_RUNTIME else None
+        assert shim.ppid() == expected_shim_parent(containerd, forked_by)
         for container_id in ids:
             pid, _ = tasks[container_id]
             assert psutil.Process(pid).ppid() == shim.pid, container_id
@@ -460,4 +506,11 @@ def test_pod_lifecycle_as_the_kubelet_drives_it(cri: CriEnv, handler: str) -> No
         return not problems
 
     wait_until(clean, 20, "k8s.io cgroups gone")
+    assert not problems, problems
+
+
+def test_forkserver_as_configured(cri: CriEnv) -> None:
+    """After the pods: the fork-server that served the module's first container still serves,
+    with no warning or error in its log; or, when off, none was ever started."""
+    problems = forkserver_problems(cri.containerd, cri.forkserver)
     assert not problems, problems

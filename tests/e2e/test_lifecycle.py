@@ -5,6 +5,10 @@ pause/resume, ps, metrics, stdin and the stdout/stderr streams (complete, separa
 before the exit is reported). Every test ends by checking that nothing is left behind: no shim
 process, no bundle directory, no mount, no shim socket, no runc state.
 
+pyshim runs every test twice: with its warm fork-server on (``forkserver-on``; up before the test,
+see ``warm_forkserver``, so every daemon is one it forked) and off (``forkserver-off``: every
+daemon is forked by its ``start``).
+
 Facts of containerd 1.6 / ctr these tests rely on (observed with runc-v2):
 
 * A container's init is PID 1 of its PID namespace: the kernel drops signals it has no handler
@@ -23,12 +27,16 @@ import contextlib
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.e2e.conftest import (
+    IN_BOTH_FORKSERVER_MODES,
     assert_no_leftovers,
     background_ctr,
+    expected_shim_parent,
     finish,
     remove_container,
+    shim_processes,
     task_list,
     task_pids,
     task_status,
@@ -37,6 +45,8 @@ from tests.e2e.conftest import (
     wait_until,
 )
 from tests.e2e.containerd import PrivateContainerd
+
+pytestmark = [IN_BOTH_FORKSERVER_MODES, pytest.mark.usefixtures("warm_forkserver")]
 
 #: An init that exits with status 42 on SIGTERM (PID 1 needs a handler to see it at all) and
 #: otherwise waits for a child ``sleep``; the child exists only once the trap is set.
@@ -155,12 +165,18 @@ def test_pid1_cannot_sigkill_itself_so_run_exits_zero(
 
 
 def test_detached_run_ls_running_then_stopped_after_kill(
-    shim_containerd: PrivateContainerd, runtime: str, busybox_rootfs: Path
+    shim_containerd: PrivateContainerd,
+    runtime: str,
+    busybox_rootfs: Path,
+    warm_forkserver: psutil.Process | None,
 ) -> None:
     cid = unique_id("det")
     try:
         pid = start_sleeper(shim_containerd, runtime, busybox_rootfs, cid)
         assert psutil.Process(pid).cmdline() == ["/bin/sleep", "1000"]
+        # The daemon comes from the fork-server when it is on, else from its start.
+        [shim] = shim_processes(shim_containerd, cid)
+        assert shim.ppid() == expected_shim_parent(shim_containerd, warm_forkserver)
         shim_containerd.ctr("task", "kill", "--signal", "SIGKILL", cid)
         wait_for_status(shim_containerd, cid, "STOPPED")
         assert task_list(shim_containerd)[cid][0] == pid
