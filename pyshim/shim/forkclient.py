@@ -1,7 +1,8 @@
 """`start`'s side of the warm fork-server: ask it for a daemon, or bring one up for next time.
 
-Lean like `start` itself (imported by every start): `_socket`, `marshal` and `os` only. Never
-waits for a fork-server to come up: when none answers, this start forks its own daemon.
+Lean like `start` itself (imported by every start): `_socket`, `marshal`, `os` and `time`.
+When none answers, this start launches one and waits for it (up to LAUNCH_WAIT to listen,
+REPLY_TIMEOUT for the daemon); if that fails too, the caller forks its own daemon.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import _socket
 import marshal
 import os
 import sys
+import time
 
 from pyshim.shim.start import DaemonConfig, sha256_hex
 
@@ -56,47 +58,80 @@ def request_daemon(
     config: DaemonConfig, listener: _socket.socket, log_fd: int, oom_score_adj: int | None
 ) -> int | None:
     """The pid of a daemon the fork-server forked for `config`, serving `listener`; None if
-    there is no usable fork-server (one is started for the next time) and the caller must
-    fork the daemon itself."""
+    no fork-server could do it, and the caller must fork the daemon itself.
+
+    With none running (the first start for this containerd, or after one died or was found
+    stale), this start launches one and waits for it: its imports take about as long as a
+    daemon's own cold start would, and then every daemon comes from it.
+    """
     path = socket_path(config.address)
-    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
-    try:
-        connection.settimeout(REPLY_TIMEOUT)
-        try:
-            connection.connect(path)
-        except OSError:
+    request = marshal.dumps({
+        "stamp": code_stamp(),
+        "config": {
+            "namespace": config.namespace, "id": config.id, "address": config.address,
+            "ttrpc_address": config.ttrpc_address, "bundle": config.bundle,
+            "socket_path": config.socket_path, "debug": config.debug,
+            "publish_binary": config.publish_binary, "options": config.options,
+        },
+        "environment": dict(os.environ),
+        "oom_score_adj": oom_score_adj,
+    })
+    fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (listener.fileno(), log_fd))
+    for _attempt in range(3):
+        connection = _connect(path)
+        if connection is None:
             launch(path)
-            return None
-        request = {
-            "stamp": code_stamp(),
-            "config": {
-                "namespace": config.namespace, "id": config.id, "address": config.address,
-                "ttrpc_address": config.ttrpc_address, "bundle": config.bundle,
-                "socket_path": config.socket_path, "debug": config.debug,
-                "publish_binary": config.publish_binary,
-                "options": config.options,
-            },
-            "environment": dict(os.environ),
-            "oom_score_adj": oom_score_adj,
-        }
+            connection = _connect(path, wait=LAUNCH_WAIT)
+            if connection is None:
+                return None
         try:
-            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (listener.fileno(), log_fd))
-            connection.sendmsg([marshal.dumps(request)],
-                               [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            connection.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
             reply = marshal.loads(connection.recv(65536) or marshal.dumps({}))
         except (OSError, ValueError, EOFError, TypeError):
             return None  # the daemon lock settles who serves if one was forked after all
-    finally:
-        connection.close()
-    if isinstance(reply, dict) and reply.get("stale"):
-        launch(path)  # the old one exits; the new one has the installed code
-        return None
-    pid = reply.get("pid") if isinstance(reply, dict) else None
-    return pid if isinstance(pid, int) else None
+        finally:
+            connection.close()
+        if not isinstance(reply, dict):
+            return None
+        if not reply.get("stale"):
+            pid = reply.get("pid")
+            return pid if isinstance(pid, int) else None
+        # That one runs older code and is exiting; the next attempt launches a new one.
+        _wait_gone(path)
+    return None
+
+
+#: How long a start waits for a fork-server it launched to listen.
+LAUNCH_WAIT = 2.0
+
+
+def _connect(path: str, wait: float = 0.0) -> _socket.socket | None:
+    """A connection to the fork-server at `path`, retried for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        connection = _socket.socket(_socket.AF_UNIX,
+                                    _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        connection.settimeout(REPLY_TIMEOUT)
+        try:
+            connection.connect(path)
+            return connection
+        except OSError:
+            connection.close()
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.005)
+
+
+def _wait_gone(path: str, wait: float = 1.0) -> None:
+    """Until the stale fork-server has removed its socket (it does so as it exits)."""
+    deadline = time.monotonic() + wait
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def launch(path: str) -> None:
-    """Start a fork-server at `path` in the background (it gives up if another one runs)."""
+    """Start a fork-server at `path` in the background (it gives up if another one runs
+    after waiting for a stale one to exit)."""
     code_root = os.path.dirname(PACKAGE_DIR)
     site = next((entry for entry in sys.path if entry.endswith("site-packages")), code_root)
     try:  # noqa: SIM105 (not contextlib: start's imports are timed)

@@ -293,10 +293,10 @@ def warm_forkserver(
     shim_containerd: PrivateContainerd, runtime: str, forkserver: bool, busybox_rootfs: Path
 ) -> Iterator[psutil.Process | None]:
     """The fork-server serving ``shim_containerd`` before the test starts (pyshim with the
-    fork-server on), so that the test's containers get daemons forked by it (otherwise the
-    first one would get a daemon forked by its own ``start``); None with runc-v2 or the
-    fork-server off. After the test: it is still the one serving, with nothing wrong in its log;
-    or, with the fork-server off, none was ever started for this containerd.
+    fork-server on), so that the test knows which process forks its containers' daemons (the
+    first ``start`` launches it); None with runc-v2 or the fork-server off. After the test:
+    it is still the one serving, with nothing wrong in its log; or, with the fork-server off,
+    none was ever started for this containerd.
     """
     process = None
     if is_pyshim(runtime) and forkserver:

@@ -1,14 +1,15 @@
 """pyshim's warm fork-server (``pyshim/shim/forkserver.py``, ``forkclient.py``), end to end under
 a private containerd, with ``ctr`` and busybox containers:
 
-* The first container's ``start`` launches the fork-server (and forks its own daemon); the
-  next containers get daemons the fork-server forks: its children, each in a session of its
-  own, showing a shim's command line. Its socket is 0600 in a 0700 directory, both root's.
+* The first container's ``start`` launches the fork-server and waits for it; every daemon,
+  the first one included, is forked by it: its children, each in a session of its own,
+  showing a shim's command line. Its socket is 0600 in a 0700 directory, both root's.
 * SIGKILLed, the daemons it forked keep serving (re-parented to the subreaper); the next
-  ``start`` finds nobody listening, forks its own daemon and launches a new fork-server.
+  ``start`` finds nobody listening and launches a new fork-server, which forks its daemon.
 * Upgrade: on a copy of the installed code, changed under a running fork-server, the next
-  ``start`` makes the old fork-server exit and a new one (with the new code) take over; the
-  daemons of later containers run the new code (they leave a mark), the old ones keep working.
+  ``start`` makes the old fork-server exit and a new one (with the new code) take over and
+  fork its daemon; daemons from then on run the new code (they leave a mark), the old ones
+  keep working.
 * Other users: the file modes keep them out, and with the modes opened up the fork-server
   itself refuses them (``SO_PEERCRED``): no reply, no daemon.
 * ``PYSHIM_FORKSERVER=0`` in containerd's environment: no fork-server is ever started.
@@ -141,10 +142,10 @@ def test_later_containers_get_daemons_forked_by_the_forkserver(
     try:
         assert forkserver_processes(containerd) == []
         run_sleeper(containerd, busybox_rootfs, first)
-        # The first start launched the fork-server (serving the installed code) and forked its
-        # own daemon; both are orphans, re-parented to the subreaper.
+        # The first start launched the fork-server (serving the installed code, an orphan
+        # re-parented to the subreaper) and waited for it to fork the daemon.
         server = wait_for_forkserver(containerd, stamp=forkclient.code_stamp())
-        assert shim_of(containerd, first).ppid() == containerd.subreaper_pid
+        assert shim_of(containerd, first).ppid() == server.pid
         assert server.ppid() == containerd.subreaper_pid
         assert os.getsid(server.pid) == server.pid
         assert str(forkserver_socket(containerd)) in server.cmdline()
@@ -206,17 +207,17 @@ def test_daemons_outlive_a_killed_forkserver_and_the_next_start_launches_a_new_o
                 pytest.raises(ConnectionRefusedError):
             probe.connect(str(socket_path))
 
-        # Both daemons (forked by the first start, and by the dead fork-server) keep serving.
+        # Both daemons (forked by the dead fork-server) keep serving.
         for container_id in (first, second):
             exec_true(containerd, container_id)
         tasks = task_list(containerd)
         assert {tasks[first][1], tasks[second][1]} == {"RUNNING"}, tasks
 
-        # The next start finds nobody listening: it forks its own daemon and launches a new
-        # fork-server, whose children the later daemons are.
+        # The next start finds nobody listening: it launches a new fork-server, whose
+        # children its daemon and the later ones are.
         run_sleeper(containerd, busybox_rootfs, third)
-        assert shim_of(containerd, third).ppid() == containerd.subreaper_pid
         new = wait_for_forkserver(containerd, replacing=old.pid)
+        assert shim_of(containerd, third).ppid() == new.pid
         assert new.pid != old.pid
         assert listens_on(new, socket_path)
         run_sleeper(containerd, busybox_rootfs, fourth)
@@ -310,7 +311,7 @@ def test_upgrade_replaces_the_forkserver_and_later_daemons_run_the_new_code(
         assert new_stamp != old_stamp
 
         # The next start: the old fork-server's child finds the stamp differs, the old
-        # fork-server exits, start launches a new one and forks its own (new code) daemon.
+        # fork-server exits, start launches a new one, which forks its daemon (new code).
         run_sleeper(containerd, rootfs, third)
         wait_until(lambda: gone(old), what=f"old fork-server {old.pid} exits")
         assert logged(containerd, old.pid, "exiting"), forkserver_log(containerd)
@@ -318,7 +319,7 @@ def test_upgrade_replaces_the_forkserver_and_later_daemons_run_the_new_code(
         assert forkserver_stamp(containerd, new.pid) == new_stamp
         assert str(installed_copy) in " ".join(new.cmdline())
         third_daemon = shim_of(containerd, third)
-        assert third_daemon.ppid() == containerd.subreaper_pid
+        assert third_daemon.ppid() == new.pid
 
         # A container after that: a daemon forked by the new fork-server, running the new
         # code (so was the third one's).
