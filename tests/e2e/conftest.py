@@ -108,12 +108,6 @@ def require_e2e(tools: tuple[str, ...] = REQUIRED_TOOLS, files: tuple[str, ...] 
 FORKSERVER_ON_ONLY = pytest.mark.forkserver_on_only
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "forkserver_on_only: only run this with pyshim's fork-server on"
-    )
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test collected from this directory (or below) as ``e2e``; deselect the
     fork-server-off variants of :data:`FORKSERVER_ON_ONLY` tests."""
