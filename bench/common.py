@@ -50,11 +50,15 @@ def wait_for_no_shims(containerd: PrivateContainerd, timeout: float = 20.0) -> N
 
 @contextlib.contextmanager
 def private_containerd(
-    container_ids: Collection[str] = (), namespace: str = "default"
+    container_ids: Collection[str] = (), namespace: str = "default", *,
+    wrappers: Callable[[Path], object] | None = None,
 ) -> Iterator[tuple[PrivateContainerd, Path]]:
     """A started private containerd (``bin/`` first on its PATH) and a busybox rootfs below its
-    base directory. Everything is stopped and removed on exit, also on KeyboardInterrupt; a
-    second Ctrl-C during that clean-up is ignored, so it cannot leave mounts or processes.
+    base directory. ``wrappers(directory)``, if given, writes executables into
+    ``<base>/wrappers``, which then comes first on the PATH.
+
+    Everything is stopped and removed on exit, also on KeyboardInterrupt; a second Ctrl-C
+    during that clean-up is ignored, so it cannot leave mounts or processes.
 
     ``container_ids`` (read on exit, so the caller may add to it meanwhile) names every
     container the caller tried to start in ``namespace``: after the containerd's stop, what a
@@ -65,7 +69,11 @@ def private_containerd(
                *(root / namespace for root in cgroup_hierarchies())]
     new_parents = [parent for parent in parents if not parent.exists()]
     base = Path(tempfile.mkdtemp(prefix="pyshim-b-", dir="/tmp"))
-    containerd = start_shim_containerd(base)
+    path = None
+    if wrappers is not None:
+        wrappers(base / "wrappers")
+        path = f"{base / 'wrappers'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
+    containerd = start_shim_containerd(base, path=path)
     try:
         yield containerd, make_busybox_rootfs(base / "rootfs")
     finally:

@@ -11,31 +11,24 @@ serves them all, and who is a shim process of which configuration.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
-import signal
-import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from bench.common import PYSHIM, RUNC_V2, SHORT, remove_container_leftovers
+from bench.common import PYSHIM, RUNC_V2, SHORT, private_containerd
 from bench.lifecycle import container_pids, shim_tree_pids
 from tests.e2e.conftest import (
     FORKSERVER_MARKER,
     SHIM_BIN_DIR,
-    shim_path_env,
     shim_processes,
     task_list,
 )
 from tests.e2e.containerd import (
-    DEFAULT_RUNC_ROOT,
     CtrError,
     PrivateContainerd,
-    cgroup_hierarchies,
-    make_busybox_rootfs,
 )
 
 PYSHIM_COLD = "io.containerd.pyshimcold.v1"
@@ -86,40 +79,12 @@ def write_cold_wrapper(directory: Path) -> Path:
     return wrapper
 
 
-@contextlib.contextmanager
 def suite_containerd(
     container_ids: Collection[str], namespace: str = "default"
-) -> Iterator[tuple[PrivateContainerd, Path]]:
-    """A started private containerd whose PATH is ``<base>/shimbin`` (the cold wrapper), then
-    the repo's ``bin/``, then ours; and a busybox rootfs. Like
-    :func:`bench.common.private_containerd`: everything is stopped and removed on exit (a
-    second Ctrl-C during that is ignored), and what ``container_ids`` (read on exit) left
-    outside the base directory is removed too.
-    """
-    parents = [DEFAULT_RUNC_ROOT / namespace,
-               *(root / namespace for root in cgroup_hierarchies())]
-    new_parents = [parent for parent in parents if not parent.exists()]
-    base = Path(tempfile.mkdtemp(prefix="pyshim-s-", dir="/tmp"))
-    wrapper_dir = base / "shimbin"
-    write_cold_wrapper(wrapper_dir)
-    containerd = PrivateContainerd(base, env={"PATH": f"{wrapper_dir}{os.pathsep}"
-                                                      f"{shim_path_env()}"})
-    try:
-        containerd.start()
-        yield containerd, make_busybox_rootfs(base / "rootfs")
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            try:
-                containerd.stop()
-            finally:
-                if container_ids:
-                    remove_container_leftovers(container_ids, namespace)
-                    for parent in new_parents:
-                        with contextlib.suppress(OSError):
-                            os.rmdir(parent)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+) -> contextlib.AbstractContextManager[tuple[PrivateContainerd, Path]]:
+    """:func:`bench.common.private_containerd` with the cold wrapper first on its PATH (so
+    ``io.containerd.pyshimcold.v1`` resolves), then the repo's ``bin/``."""
+    return private_containerd(container_ids, namespace, wrappers=write_cold_wrapper)
 
 
 # ------------------------------------------------------------------------- shim processes

@@ -16,7 +16,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.e2e.containerd import EventLine, PrivateContainerd, parse_event_line
+from tests.e2e.containerd import (
+    EventLine,
+    PrivateContainerd,
+    parse_event_line,
+    stop_reader_process,
+)
 
 SYNC_PREFIX = "pyshim-bench-sync-"
 
@@ -117,16 +122,7 @@ class TimedEvents:
 
     def close(self) -> None:
         """Stop ctr events (SIGTERM by PID, SIGKILL after 5 s), join the reader."""
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._reader.join(5)
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+        stop_reader_process(self._process, self._reader)
 
     def __enter__(self) -> TimedEvents:
         return self

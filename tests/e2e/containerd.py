@@ -326,16 +326,7 @@ class EventSubscription:
 
     def close(self) -> None:
         """Stop ``ctr events`` (SIGTERM by PID, SIGKILL after 5 s) and the reader. Idempotent."""
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._reader.join(5)
-        if self._process.stdout is not None:
-            self._process.stdout.close()
+        stop_reader_process(self._process, self._reader)
         self._stderr.close()
 
     def __enter__(self) -> EventSubscription:
@@ -397,6 +388,21 @@ def fifo_dirs_open_by(processes: Iterable[psutil.Process]) -> set[Path]:
             if target.startswith(prefix):
                 found.add(CTR_FIFO_DIR / target[len(prefix) :].split("/", 1)[0])
     return found
+
+
+def stop_reader_process(process: subprocess.Popen[Any], reader: threading.Thread) -> None:
+    """Stop a process whose stdout a thread reads: SIGTERM by PID, SIGKILL after 5 s; then
+    join the reader and close the pipe. Idempotent."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    reader.join(5)
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _kill_quietly(process: psutil.Process) -> None:
