@@ -30,8 +30,8 @@ from pyshim.shim.start import DaemonConfig
 
 log = logging.getLogger("pyshim.forkserver")
 
-#: Modules the daemon would otherwise import lazily while serving (checked by a test): each
-#: one imported after the fork costs every daemon its own private copy.
+#: Modules the daemon would otherwise import lazily while serving: each one imported after
+#: the fork costs every daemon its own private copy.
 PRELOAD = (
     "pyshim.shim.daemon",
     "pyshim.shim.info",
