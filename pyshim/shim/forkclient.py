@@ -1,4 +1,4 @@
-"""`start`'s side of the warm fork-server: ask it for a daemon, or bring one up for next time.
+"""`start`'s side of the warm fork-server: ask it for a daemon, bringing one up if none answers.
 
 Lean like `start` itself (imported by every start): `_socket`, `marshal`, `os` and `time`.
 When none answers, this start launches one and waits for it (up to LAUNCH_WAIT to listen,
