@@ -16,6 +16,7 @@ import sys
 
 from pyshim import jsonlite
 from pyshim.bundle import write_address
+from pyshim.identifiers import InvalidIdentifier, validate
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
 
@@ -208,6 +209,11 @@ def start(args: ShimArgs, stdin: bytes) -> int:
     bundle = os.getcwd()
     if not args.id:
         raise StartError("shim id cannot be empty")
+    try:
+        validate(args.id, "shim id")
+        validate(args.namespace, "namespace")
+    except InvalidIdentifier as error:
+        raise StartError(str(error)) from error
     given = read_start_input(stdin, args)
     socket_dir = given.socket_dir or DEFAULT_SOCKET_DIR
     path = socket_path(socket_dir, args.address, args.namespace, group_id(bundle, args.id))
