@@ -1,8 +1,10 @@
 """Opening the client's FIFOs (containerd's `ctr`, CRI) without ever blocking.
 
-Owns the two tricks of spec §6.2: an extra read end kept on every output FIFO (so a client
-going away never gives us EPIPE; data waits in the FIFO), and a keep-open write end on the
-stdin FIFO (so the container's stdin survives a client detaching; CloseIO closes it).
+Output FIFOs are opened through a reader of our own (so opening never blocks or fails while
+the client has not opened its end yet), which is dropped at once: a client going away then
+shows as EPIPE, and the relay spools until a reader returns (relay.py, spool.py). The stdin
+FIFO gets a keep-open write end (so the container's stdin survives a client detaching;
+CloseIO closes it).
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ import os
 import stat
 from dataclasses import dataclass
 
+from pyshim.io.spool import Spool
+
 
 @dataclass(slots=True)
 class OutputTarget:
-    """Where one output stream goes: the fd we write, plus fds held only to keep it usable."""
+    """Where one output stream goes: the fd we write, plus fds held only to keep it usable,
+    and for a client's FIFO the spool that holds output while it has no reader."""
 
     fd: int
     keepalive: int | None = None
+    spool: Spool | None = None
 
     def close(self) -> None:
         # Idempotent: a second close must never hit an fd number reused since the first.
@@ -50,18 +56,18 @@ class InputSource:
         self.fd = -1
 
 
-def open_output(path: str) -> OutputTarget:
+def open_output(path: str, spool: Spool | None = None) -> OutputTarget:
     """A FIFO gets a reader of our own first, so opening it for writing cannot block or fail
-    while the client has not opened its end yet. Any other existing file is appended to (no
-    create: a missing path is the caller's error)."""
+    while the client has not opened its end yet; that reader is closed again at once (see
+    the module's docstring) and `spool` kept for the relay. Any other existing file is
+    appended to (no create: a missing path is the caller's error)."""
     if stat.S_ISFIFO(os.stat(path).st_mode):
-        keepalive = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        opener = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except BaseException:
-            os.close(keepalive)
-            raise
-        return OutputTarget(fd, keepalive)
+        finally:
+            os.close(opener)
+        return OutputTarget(fd, None, spool)
     return OutputTarget(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC))
 
 

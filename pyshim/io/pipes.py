@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 
 from pyshim.io.base import ProcessIO, StdioConfig
 from pyshim.io.fifo import InputSource, OutputTarget, open_input, open_output
 from pyshim.io.log_relay import LogRelay, LogSink
 from pyshim.io.relay import Relay
+from pyshim.io.spool import Spool
 from pyshim.runtime import Stdio
 
 
@@ -75,7 +77,8 @@ class PipeIO(ProcessIO):
             else:
                 # The target closes its own fds (write end + keepalive reader) when copying ends.
                 self._start_relay(stream, Relay(src, target.fd, name=f"{self._name} {stream}",
-                                                close_dst=False, on_done=target.close))
+                                                close_dst=False, on_done=target.close,
+                                                spool=target.spool))
 
     def _start_relay(self, stream: str, relay: Relay | LogRelay) -> None:
         self._relays[stream] = relay
@@ -141,17 +144,22 @@ def fifo_path(value: str) -> str:
     return value[len("fifo://") :] if value.startswith("fifo://") else value
 
 
-def fifo_io(config: StdioConfig, *, uid: int, gid: int, name: str) -> PipeIO:
-    """The common case (spec §6.2): each non-empty string is a FIFO the client opened."""
+def fifo_io(
+    config: StdioConfig, *, uid: int, gid: int, name: str,
+    spool: Callable[[str], Spool | None] = lambda _stream: None,
+) -> PipeIO:
+    """The common case (spec §6.2): each non-empty string is a FIFO the client opened.
+    `spool(stream)` gives the spool that holds a stream's output while its FIFO has no reader."""
     opened: list[InputSource | OutputTarget] = []
     try:
         stdin = open_input(fifo_path(config.stdin)) if config.stdin else None
         if stdin is not None:
             opened.append(stdin)
-        stdout = open_output(fifo_path(config.stdout)) if config.stdout else None
+        stdout = open_output(fifo_path(config.stdout), spool("stdout")) if config.stdout else None
         if stdout is not None:
             opened.append(stdout)
-        stderr = open_output(fifo_path(config.stderr)) if config.stderr else None
+        stderr = (open_output(fifo_path(config.stderr), spool("stderr"))
+                  if config.stderr else None)
         if stderr is not None:
             opened.append(stderr)
         return PipeIO(stdin=stdin, stdout=stdout, stderr=stderr, uid=uid, gid=gid, name=name)

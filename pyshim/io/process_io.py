@@ -7,6 +7,7 @@ endpoint stdout names. Only opens endpoints; set-up that must wait happens in pr
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -14,6 +15,7 @@ from pyshim.io.base import NullIO, ProcessIO, StdioConfig, UnsupportedStdio
 from pyshim.io.binary import BinaryLoggerIO
 from pyshim.io.fifo import InputSource, OutputTarget, open_input, open_output
 from pyshim.io.pipes import fifo_io, fifo_path, file_io, open_file_target
+from pyshim.io.spool import DEFAULT_SPOOL_MAX, Spool
 from pyshim.io.terminal import TerminalIO
 from pyshim.reaper import Reaper
 
@@ -29,6 +31,17 @@ class IOContext:
     uid: int = -1
     gid: int = -1
     name: str = "process"
+    # Where a client FIFO's output is spilled while it has no reader.
+    spool_dir: str | None = None
+    spool_max: int = DEFAULT_SPOOL_MAX
+
+    def spool(self, stream: str) -> Spool:
+        if self.spool_dir:
+            path = os.path.join(self.spool_dir, stream)
+        else:  # no bundle (tests, `pyshim run` without one): a private temp name
+            path = os.path.join(tempfile.gettempdir(),
+                                f"pyshim-spool-{os.getpid()}-{id(self)}-{stream}")
+        return Spool(path, limit=self.spool_max, name=f"{self.name} {stream}")
 
 
 def open_process_io(config: StdioConfig, context: IOContext) -> ProcessIO:
@@ -42,8 +55,9 @@ def open_process_io(config: StdioConfig, context: IOContext) -> ProcessIO:
     scheme = urlsplit(config.stdout).scheme if "://" in config.stdout else ""
     if scheme in ("", "fifo"):
         if config.terminal:
-            return _terminal(config, context, _fifo_output(config.stdout))
-        return fifo_io(config, uid=context.uid, gid=context.gid, name=context.name)
+            return _terminal(config, context, _fifo_output(config.stdout, context))
+        return fifo_io(config, uid=context.uid, gid=context.gid, name=context.name,
+                       spool=context.spool)
     if scheme == "file":
         path = unquote(urlsplit(config.stdout).path)
         if not os.path.isabs(path):
@@ -62,8 +76,8 @@ def open_process_io(config: StdioConfig, context: IOContext) -> ProcessIO:
     raise UnsupportedStdio(f"unknown STDIO scheme {scheme} in {config.stdout!r}")
 
 
-def _fifo_output(value: str) -> OutputTarget | None:
-    return open_output(fifo_path(value)) if value else None
+def _fifo_output(value: str, context: IOContext) -> OutputTarget | None:
+    return open_output(fifo_path(value), context.spool("stdout")) if value else None
 
 
 def _terminal(

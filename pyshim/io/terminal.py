@@ -55,7 +55,7 @@ class TerminalIO(ProcessIO):
         # Each relay owns a dup, so closing one direction never closes the other's fd.
         self._output = Relay(
             os.dup(self._master), self._stdout.fd, name=f"{self._name} terminal",
-            close_dst=False, on_done=self._stdout.close,
+            close_dst=False, on_done=self._stdout.close, spool=self._stdout.spool,
         )
         self._output.start()
         if self._stdin_source is not None:
