@@ -7,6 +7,7 @@ file back and never swallows a write error: those are raised, naming the path, f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -28,8 +29,12 @@ DEFAULT_MAX_LINE = 16 * 1024
 _MAX_IOVECS = 128
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 # conmon opens the reopened file without O_APPEND; we keep O_APPEND so that a copytruncate
-# rotation by someone else never leaves a hole of NULs before our next record.
-_REOPEN_FLAGS = _OPEN_FLAGS | os.O_TRUNC
+# rotation by someone else never leaves a hole of NULs before our next record. O_EXCL and
+# O_NOFOLLOW: we run as root in a directory others may write to, so the temp file must be one
+# we just created, never an existing file or a symlink planted to make us truncate its target.
+_REOPEN_FLAGS = _OPEN_FLAGS | os.O_EXCL | os.O_NOFOLLOW
+# EEXIST at the temp path more often than this means someone keeps re-planting it.
+_REOPEN_ATTEMPTS = 3
 _MODE = 0o640
 
 
@@ -231,12 +236,19 @@ class CriLogWriter:
     def reopen(self) -> None:
         """Start a new, empty file at `path` (kubelet's ReopenContainerLog, conmon ctl 2).
 
-        The current file is fsynced (if sync) and closed; `<path>.tmp` is created and renamed
+        The current file is fsynced (if sync) and closed; a fresh `temp_path` is created
+        (exclusively: a stale file or symlink there is unlinked, never followed) and renamed
         to `path`, so a rotated-away file stays as it is and anyone watching the directory sees
         the new file appear. Pending partial lines stay buffered: they belong to the new file.
         """
         self._check_open()
         self._reopen()
+
+    @property
+    def temp_path(self) -> str:
+        """Where reopen() creates the new file: `<path>.<pid>.tmp`, so that writers in
+        different processes never take each other's temp file."""
+        return f"{self.path}.{os.getpid()}.tmp"
 
     def close(self) -> None:
         """Flush both streams' partial lines, fsync (if sync) and close. Idempotent.
@@ -370,15 +382,13 @@ class CriLogWriter:
     def _reopen(self) -> None:
         if self.sync:
             self._fsync()
-        tmp = self.path + ".tmp"
-        try:
-            fd = os.open(tmp, _REOPEN_FLAGS, _MODE)
-        except OSError as err:
-            raise self._error(err, "reopening", tmp) from err
+        tmp = self.temp_path
+        fd = self._create_exclusive(tmp)
         try:
             os.rename(tmp, self.path)
         except OSError as err:
             os.close(fd)
+            _unlink_quietly(tmp)
             raise self._error(err, "reopening") from err
         # The old fd stays until the new file is in place, so a failed reopen leaves a writer
         # that still works (on the old file).
@@ -389,6 +399,24 @@ class CriLogWriter:
             os.close(old)
         except OSError as err:
             raise self._error(err, "closing") from err
+
+    def _create_exclusive(self, tmp: str) -> int:
+        """A new empty file at tmp; whatever is there already (a stale temp file of a crashed
+        writer with our pid, a planted symlink) is unlinked, which never follows a link."""
+        for _ in range(_REOPEN_ATTEMPTS):
+            try:
+                return os.open(tmp, _REOPEN_FLAGS, _MODE)
+            except FileExistsError:
+                pass
+            except OSError as err:
+                raise self._error(err, "reopening", tmp) from err
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                raise self._error(err, "reopening", tmp) from err
+        raise self._error(OSError(errno.EEXIST, os.strerror(errno.EEXIST)), "reopening", tmp)
 
     def _fsync(self) -> None:
         try:
@@ -420,6 +448,12 @@ class CriLogWriter:
     def _error(self, err: OSError, action: str, path: str | None = None) -> OSError:
         """The same OSError (errno kept), saying what we were doing to which file."""
         return OSError(err.errno, f"{err.strerror} ({action} CRI log)", path or self.path)
+
+
+def _unlink_quietly(path: str) -> None:
+    # The error being raised already says what went wrong.
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _advance(blocks: list[bytes], written: int) -> list[bytes]:

@@ -407,7 +407,7 @@ def test_reopen_after_rotation(tmp_path: Path) -> None:
     writer.close()
     assert content(rotated) == STAMP0 + b" stdout F one\n" + STAMP0 + b" stdout F two\n"
     assert content(path) == STAMP0 + b" stdout F three\n" + STAMP0 + b" stdout F four\n"
-    assert not (tmp_path / "ctr.log.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, rotated.name]
     assert path.stat().st_mode & 0o777 == 0o640 & ~_umask()
 
 
@@ -433,12 +433,53 @@ def test_reopen_without_rotation_empties_the_file(tmp_path: Path) -> None:
 def test_failed_reopen_keeps_the_old_file(tmp_path: Path) -> None:
     path = tmp_path / "ctr.log"
     writer = CriLogWriter(path, clock=fixed(T0))
-    (tmp_path / "ctr.log.tmp").mkdir()  # the tmp file cannot be created
-    with pytest.raises(OSError, match=r"ctr\.log\.tmp"):
+    assert writer.temp_path == f"{path}.{os.getpid()}.tmp"
+    os.mkdir(writer.temp_path)  # neither created nor unlinked: the temp file cannot be made
+    with pytest.raises(OSError, match=rf"ctr\.log\.{os.getpid()}\.tmp"):
         writer.reopen()
     writer.write("stdout", b"still here\n")
     writer.close()
     assert content(path) == STAMP0 + b" stdout F still here\n"
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
+def test_reopen_never_follows_a_symlink_planted_at_the_temp_path(
+    tmp_path: Path, dangling: bool
+) -> None:
+    """Running as root, truncating or creating through someone's symlink would be theirs to aim."""
+    path = tmp_path / "ctr.log"
+    victim = tmp_path / "elsewhere" / "victim"
+    victim.parent.mkdir()
+    if not dangling:
+        victim.write_bytes(b"precious\n")
+        victim.chmod(0o600)
+    writer = CriLogWriter(path, clock=fixed(T0), sync=False)
+    writer.write("stdout", b"old\n")
+    os.symlink(victim, writer.temp_path)
+    writer.reopen()
+    if dangling:
+        assert not victim.exists()
+    else:
+        assert victim.read_bytes() == b"precious\n"
+        assert victim.stat().st_mode & 0o777 == 0o600
+    assert not path.is_symlink()
+    assert not os.path.lexists(writer.temp_path)
+    writer.write("stdout", b"new\n")
+    writer.close()
+    assert content(path) == STAMP0 + b" stdout F new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctr.log", "elsewhere"]
+
+
+def test_reopen_replaces_a_stale_temp_file(tmp_path: Path) -> None:
+    """A writer that died between create and rename left its temp file (same pid, later)."""
+    path = tmp_path / "ctr.log"
+    writer = CriLogWriter(path, clock=fixed(T0), sync=False)
+    Path(writer.temp_path).write_bytes(b"stale\n")
+    writer.reopen()
+    writer.write("stdout", b"fresh\n")
+    writer.close()
+    assert content(path) == STAMP0 + b" stdout F fresh\n"
+    assert not os.path.lexists(writer.temp_path)
 
 
 # -- size caps -------------------------------------------------------------------------------
