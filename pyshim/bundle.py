@@ -1,18 +1,22 @@
 """Files pyshim keeps in a container's bundle for `delete` and for people debugging.
 
-`address`, `options.json` and `runtime` (where runc is, as runc-v2 writes them), `init.exit`
-(the init's recorded exit, so `delete` reports the truth instead of 137), `shim.pid`, and the
-pid files runc writes. Lean: `start` and `delete` import it. Writes are atomic (temp + rename).
+`address`, `options.json` and `runtime` (where runc is, as runc-v2 writes them), exit records
+(`init.exit`, `execs/<exec id>.exit`: written when the process is reaped, so `delete` reports
+the truth instead of 137 even after the shim died), `shim.pid`, and the pid files runc writes.
+Lean: `start` and `delete` import it. Writes are atomic (O_EXCL|O_NOFOLLOW temp + rename);
+records are durable too (file and directory fsynced).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from pyshim import jsonlite
 
 ADDRESS = "address"
 EXIT_RECORD = "init.exit"
+EXECS = "execs"  # per-exec files: <exec id>.exit, .pid, .json (exec ids are validated first)
 SHIM_PID = "shim.pid"
 OPTIONS = "options.json"
 RUNTIME = "runtime"
@@ -20,15 +24,38 @@ DEFAULT_BINARY = "runc"
 DEFAULT_ROOT = "/run/containerd/runc"
 
 
-def _write_atomically(path: str, text: str, mode: int = 0o644) -> None:
+def _write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool = False) -> None:
+    """Replace `path` with `text`; a reader sees the old file or the new one, never a mix.
+
+    The temporary name is unique and created O_EXCL|O_NOFOLLOW: a file or symlink planted
+    there makes the write fail instead of being followed or truncated.
+    """
     directory, name = os.path.split(path)
-    temporary = os.path.join(directory, "." + name)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.{time.monotonic_ns()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temporary, flags, mode)
     try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+        try:
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        try:  # noqa: SIM105 (no contextlib: delete's imports are timed)
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    if durable:
+        directory_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)
 
 
 def write_address(bundle: str, address: str) -> None:
@@ -43,21 +70,74 @@ def read_pid(path: str) -> int:
         return int(pid_file.read().strip())
 
 
-def write_exit_record(bundle: str, status: int, exited_at_ns: int) -> None:
+class CorruptRecord(ValueError):
+    """An exit record exists but cannot be trusted; the message says which and why."""
+
+
+class ExitRecord:
+    """A reaped process as the daemon recorded it (a plain class: dataclasses would cost
+    `delete` 10 ms of imports)."""
+
+    __slots__ = ("exited_at_ns", "oom", "pid", "status")
+
+    def __init__(self, status: int, exited_at_ns: int, pid: int = 0, oom: bool = False) -> None:
+        self.status = status
+        self.exited_at_ns = exited_at_ns
+        self.pid = pid
+        self.oom = oom
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExitRecord) and (
+            (self.status, self.exited_at_ns, self.pid, self.oom)
+            == (other.status, other.exited_at_ns, other.pid, other.oom))
+
+    def __repr__(self) -> str:
+        return (f"ExitRecord(status={self.status}, exited_at_ns={self.exited_at_ns}, "
+                f"pid={self.pid}, oom={self.oom})")
+
+
+def exec_dir(bundle: str) -> str:
+    return os.path.join(bundle, EXECS)
+
+
+def exit_record_path(bundle: str, exec_id: str | None = None) -> str:
+    """init.exit for the init (exec_id None), execs/<exec id>.exit for an exec."""
+    if exec_id is None:
+        return os.path.join(bundle, EXIT_RECORD)
+    return os.path.join(bundle, EXECS, exec_id + ".exit")
+
+
+def write_exit_record(path: str, record: ExitRecord) -> None:
+    """Durably, at reap time: a shim killed right after the exit still leaves the truth."""
     _write_atomically(
-        os.path.join(bundle, EXIT_RECORD),
-        f'{{"status": {int(status)}, "exited_at_ns": {int(exited_at_ns)}}}',
+        path,
+        f'{{"status": {int(record.status)}, "exited_at_ns": {int(record.exited_at_ns)}, '
+        f'"pid": {int(record.pid)}, "oom": {"true" if record.oom else "false"}}}',
+        durable=True,
     )
 
 
-def read_exit_record(bundle: str) -> tuple[int, int] | None:
-    """(status, exited_at ns) the daemon wrote when it reaped the init, if it did."""
+def read_exit_record(path: str) -> ExitRecord | None:
+    """The record at `path`; None when there is none, CorruptRecord when it is unusable."""
     try:
-        with open(os.path.join(bundle, EXIT_RECORD), encoding="utf-8") as record:
-            data = jsonlite.loads(record.read())
-        return int(data["status"]), int(data["exited_at_ns"])  # type: ignore[index]
-    except (OSError, ValueError, KeyError, TypeError):
+        with open(path, "rb") as record_file:
+            raw = record_file.read(4096)
+    except FileNotFoundError:
         return None
+    except OSError as error:
+        raise CorruptRecord(f"{path}: {error.strerror}") from error
+    try:
+        data = jsonlite.loads(raw.decode())
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+        status, exited_at, pid = data["status"], data["exited_at_ns"], data.get("pid", 0)
+        oom = data.get("oom", False)
+        if not (isinstance(status, int) and 0 <= status <= 255 and isinstance(exited_at, int)
+                and exited_at > 0 and isinstance(pid, int) and isinstance(oom, bool)):
+            raise ValueError("fields out of range")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise CorruptRecord(f"{path}: not an exit record ({error}): {raw[:80]!r}") from error
+    return ExitRecord(status, exited_at, pid, oom)
 
 
 def write_shim_pid(bundle: str, pid: int) -> None:

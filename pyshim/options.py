@@ -16,6 +16,10 @@ from typing import Any
 from pyshim import bundle as bundle_files
 from pyshim.bundle import DEFAULT_BINARY, DEFAULT_ROOT
 
+# Defaults of pyshim's own keys (runtime.py and io/spool.py use them).
+DEFAULT_RUNC_TIMEOUT = 120.0
+DEFAULT_SPOOL_MAX = 64 * 1024 * 1024
+
 
 class InvalidOptions(ValueError):
     """Runtime options we cannot use; the message says which and why."""
@@ -41,10 +45,22 @@ class RuncOptions:
     systemd_cgroup: bool = False
     criu_image_path: str = ""
     criu_work_path: str = ""
+    # pyshim's own keys (config files only; 0 = default): seconds before a hung runc command
+    # is killed, bytes of output held per stream while a FIFO has no reader.
+    runc_timeout: float = 0.0
+    output_spool_max: int = 0
 
     @property
     def binary(self) -> str:
         return self.binary_name or DEFAULT_BINARY
+
+    @property
+    def runc_timeout_seconds(self) -> float:
+        return self.runc_timeout if self.runc_timeout > 0 else DEFAULT_RUNC_TIMEOUT
+
+    @property
+    def spool_max_bytes(self) -> int:
+        return self.output_spool_max if self.output_spool_max > 0 else DEFAULT_SPOOL_MAX
 
     def runc_root(self, namespace: str) -> str:
         return os.path.join(self.root or DEFAULT_ROOT, namespace)
@@ -62,7 +78,10 @@ class RuncOptions:
             if name not in known:
                 continue  # fields of newer containerd versions (task_api_address, …)
             expected = type(getattr(cls(), name))
-            if not isinstance(value, expected):
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (
+                    expected in (int, float) and isinstance(value, bool)):
                 raise InvalidOptions(
                     f"{source}: option {key} must be a {expected.__name__}, got {value!r}"
                 )

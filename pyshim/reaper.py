@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,8 @@ class Reaper:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[int, list[asyncio.Future[Exit]]] = {}
+        # Called synchronously at reap time, before any waiter runs (exit records on disk).
+        self._recorders: dict[int, Callable[[Exit], None]] = {}
         self._unclaimed: OrderedDict[int, Exit] = OrderedDict()
         self._sequence = 0
         self._previous: Any = None
@@ -103,6 +105,9 @@ class Reaper:
             self._deliver(Exit(pid, exit_status(status), time.time_ns(), self._sequence))
 
     def _deliver(self, exited: Exit) -> None:
+        recorder = self._recorders.pop(exited.pid, None)
+        if recorder is not None:
+            _record(recorder, exited)
         waiters = self._waiters.pop(exited.pid, None)
         if waiters:
             for future in waiters:
@@ -123,24 +128,37 @@ class Reaper:
 
     # ----------------------------------------------------------------------------- waiting
 
-    def watch(self, pid: int, *, since: int | None = None) -> asyncio.Future[Exit]:
+    def watch(
+        self,
+        pid: int,
+        *,
+        since: int | None = None,
+        on_exit: Callable[[Exit], None] | None = None,
+    ) -> asyncio.Future[Exit]:
         """A future resolved with pid's exit.
 
         `since` (a `sequence` read before the pid could have exited) lets an exit that was
         reaped before we knew the pid count too; an older unclaimed exit of the same pid
-        belongs to an earlier process and is ignored.
+        belongs to an earlier process and is ignored. `on_exit` runs synchronously in the
+        reaping callback itself (or now, for an early exit): nothing can come between the
+        reap and it, not even a loop turn.
         """
         assert self._loop is not None, "Reaper.install() first"
         future: asyncio.Future[Exit] = self._loop.create_future()
         early = self._unclaimed.get(pid)
         if early is not None and since is not None and early.sequence > since:
             del self._unclaimed[pid]
+            if on_exit is not None:
+                _record(on_exit, early)
             future.set_result(early)
             return future
+        if on_exit is not None:
+            self._recorders[pid] = on_exit
         self._waiters.setdefault(pid, []).append(future)
         return future
 
     def forget(self, pid: int, future: asyncio.Future[Exit]) -> None:
+        self._recorders.pop(pid, None)
         waiters = self._waiters.get(pid)
         if waiters and future in waiters:
             waiters.remove(future)
@@ -215,6 +233,14 @@ class Reaper:
             for fd in mapped.values():
                 os.close(fd)
         return pid, self.watch(pid)
+
+
+def _record(recorder: Callable[[Exit], None], exited: Exit) -> None:
+    # A failing recorder must not stop the reaping loop (other exits wait behind it).
+    try:
+        recorder(exited)
+    except Exception:
+        log.exception("recording the exit of pid %d failed", exited.pid)
 
 
 def _resolve(program: str, env: Mapping[str, str] | None) -> str:

@@ -10,12 +10,20 @@ import asyncio
 import contextlib
 import json
 import os
-import tempfile
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pyshim.bundle import DEFAULT_BINARY, DEFAULT_ROOT
-from pyshim.reaper import Reaper
+from pyshim.options import DEFAULT_RUNC_TIMEOUT
+from pyshim.reaper import Exit, Reaper
+
+# A runc command taking longer than this is hung (a stuck hook, a frozen cgroup): killed, and
+# the call fails with a clear error instead of wedging the process (runtime option
+# `runc_timeout`). Generous: hooks may pull images or set up networks.
+DEFAULT_TIMEOUT = DEFAULT_RUNC_TIMEOUT
+# After SIGKILL, how long to wait for runc to be reaped before the error is returned anyway.
+KILL_WAIT = 5.0
 
 
 class OCIRuntimeError(Exception):
@@ -30,6 +38,10 @@ class OCIRuntimeError(Exception):
 
 class RuntimeNotFound(OCIRuntimeError):
     """The runc binary itself is missing."""
+
+
+class RuntimeTimeout(OCIRuntimeError):
+    """runc did not finish within its time limit and was killed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +63,7 @@ class Runc:
     log_path: str | None = None
     systemd_cgroup: bool = False
     criu: str = ""
+    timeout: float = DEFAULT_TIMEOUT
     env: Mapping[str, str] = field(default_factory=lambda: _runc_environment())
 
     def _global_args(self) -> list[str]:
@@ -96,8 +109,12 @@ class Runc:
         stdio: Stdio,
         *,
         console_socket: str | None = None,
+        spec_path: str,
     ) -> None:
-        fd, spec_path = tempfile.mkstemp(prefix="runc-process", suffix=".json")
+        """`spec_path`: where the process JSON is written for runc (a new file of ours, 0600:
+        it holds the exec's environment), removed afterwards."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(spec_path, flags, 0o600)
         try:
             with os.fdopen(fd, "w") as spec_file:
                 json.dump(process_spec, spec_file)
@@ -157,25 +174,31 @@ class Runc:
         """Run runc and return its stdout; raise OCIRuntimeError with runc's message on failure.
 
         Commands given the container's stdio write nothing of their own there; others have
-        their combined output captured for the error message.
+        their combined output captured for the error message. runc gets `timeout` seconds;
+        then it (its whole process group) is killed and RuntimeTimeout raised. A caller
+        cancelled meanwhile kills it too: no runc outlives the call that started it.
         """
         loop = asyncio.get_running_loop()
         argv = [*self._global_args(), *args]
-        out_read, out_write = os.pipe2(os.O_CLOEXEC)
-        in_read = in_write = None
-        if input is not None:
-            in_read, in_write = os.pipe2(os.O_CLOEXEC)
-        log_start = _log_size(self.log_path) if use_log else 0
+        pipes: list[int] = []  # every fd of ours still open; closed whatever happens
         try:
+            out_read, out_write = os.pipe2(os.O_CLOEXEC)
+            pipes += [out_read, out_write]
+            in_read = in_write = None
+            if input is not None:
+                in_read, in_write = os.pipe2(os.O_CLOEXEC)
+                pipes += [in_read, in_write]
+            log_start = _log_size(self.log_path) if use_log else 0
             try:
-                _pid, exited = self.reaper.spawn(
+                pid, exited = self.reaper.spawn(
                     argv,
                     env=self.env,
                     cwd=cwd,
                     stdin=stdio.stdin if stdio else in_read,
                     stdout=stdio.stdout if stdio else out_write,
                     stderr=stdio.stderr if stdio else out_write,
-                    # A Ctrl-C meant for a foreground `pyshim run` must not kill runc midway.
+                    # A Ctrl-C meant for a foreground `pyshim run` must not kill runc midway,
+                    # and a timeout kills runc's children (runc init) with it.
                     new_process_group=True,
                 )
             except FileNotFoundError as error:
@@ -184,15 +207,27 @@ class Runc:
                 ) from error
             except OSError as error:
                 raise OCIRuntimeError(command, f"cannot run {self.binary}: {error}") from error
+            _close(pipes, out_write, in_read)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if in_write is not None:
+                        assert input is not None
+                        await _write_all(loop, in_write, input)
+                        _close(pipes, in_write)  # runc sees EOF
+                    output = await _read_all(loop, out_read)
+                    result = await exited
+            except TimeoutError:
+                await _kill_group(pid, exited)
+                raise RuntimeTimeout(
+                    command,
+                    f"{self.binary} {command} did not finish within {self.timeout:g} s; "
+                    "killed it",
+                ) from None
+            except BaseException:
+                await _kill_group(pid, exited)
+                raise
         finally:
-            os.close(out_write)
-            if in_read is not None:
-                os.close(in_read)
-        if in_write is not None:
-            assert input is not None
-            await _write_all(loop, in_write, input)
-        output = await _read_all(loop, out_read)
-        result = await exited
+            _close(pipes, *pipes)
         if result.status != 0:
             message = _last_log_error(self.log_path, log_start) if use_log else None
             if not message:
@@ -202,6 +237,22 @@ class Runc:
                 )
             raise OCIRuntimeError(command, message, result.status)
         return output
+
+
+def _close(still_open: list[int], *fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None and fd in still_open:
+            still_open.remove(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+async def _kill_group(pid: int, exited: asyncio.Future[Exit]) -> None:
+    """SIGKILL runc's process group and wait (briefly) for runc itself to be reaped."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
 
 
 def _runc_environment() -> dict[str, str]:
@@ -240,7 +291,7 @@ def _last_log_error(path: str | None, start: int) -> str | None:
 
 
 async def _read_all(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
-    """Read a pipe to EOF without blocking the loop."""
+    """Read a pipe to EOF without blocking the loop (the caller closes fd)."""
     os.set_blocking(fd, False)
     chunks: list[bytes] = []
     readable = asyncio.Event()
@@ -258,7 +309,6 @@ async def _read_all(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
             chunks.append(chunk)
     finally:
         loop.remove_reader(fd)
-        os.close(fd)
 
 
 async def _write_all(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
@@ -277,4 +327,3 @@ async def _write_all(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> N
                 return
     finally:
         loop.remove_writer(fd)
-        os.close(fd)

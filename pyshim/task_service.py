@@ -2,7 +2,9 @@
 
 Translates requests into Container/process calls and outcomes into replies, status codes and
 events. No syscalls of its own, no runc: those live below. Every error names the container,
-the process and the cause (the types map to status codes in pyshim.ttrpc.status).
+the process and the cause (the types map to status codes in pyshim.ttrpc.status). Ids are
+checked with containerd's rules before anything uses them; a state change, once begun, is
+completed and published even when the caller's deadline passes or its connection drops.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from typing import Any
 
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 
+from pyshim import identifiers
 from pyshim import options as runtime_options
 from pyshim.cgroups import OOMWatcher
 from pyshim.events import Publisher
 from pyshim.io import StdioConfig
 from pyshim.options import RuncOptions
 from pyshim.process import Container, Process, Status
+from pyshim.process.base import finish_operations
 from pyshim.protos.containerd.events import task_pb2 as events_pb2
 from pyshim.protos.containerd.runc.v1 import options_pb2
 from pyshim.protos.containerd.task.v2 import shim_pb2
@@ -58,6 +62,13 @@ def timestamp(time_ns: int | None) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=time_ns // 1_000_000_000, nanos=time_ns % 1_000_000_000)
 
 
+def _checked(identifier: str, what: str) -> str:
+    try:
+        return identifiers.validate(identifier, what)
+    except identifiers.InvalidIdentifier as error:
+        raise InvalidArgument(str(error)) from error
+
+
 def _json_any(value: any_pb2.Any, what: str, container_id: str) -> dict[str, Any]:
     """OCI payloads travel as JSON inside an Any whatever its type URL (spec §3.3.4, §3.3.12)."""
     try:
@@ -91,6 +102,8 @@ class TaskService:
         self.on_last_shutdown = on_last_shutdown
         self.containers: dict[str, Container] = {}
         self._creating: set[str] = set()
+        # Creates whose callers may have gone; shielded like every process operation.
+        self._create_tasks: set[asyncio.Task[shim_pb2.CreateTaskResponse]] = set()
 
     def container(self, container_id: str) -> Container:
         container = self.containers.get(container_id)
@@ -132,6 +145,7 @@ class TaskService:
         container_id = request.id
         if not container_id:
             raise InvalidArgument("create: container id is empty")
+        _checked(container_id, "container id")
         if container_id in self.containers or container_id in self._creating:
             raise AlreadyExists(f"container {container_id}: already exists")
         if request.checkpoint:
@@ -144,6 +158,20 @@ class TaskService:
                 f"{request.bundle!r}"
             )
         self._creating.add(container_id)
+        # runc create, once begun, completes and is recorded whatever happens to the caller
+        # (containerd then finds the task and deletes it, as after any failed create).
+        task = asyncio.get_running_loop().create_task(
+            self._create(container_id, request), name=f"create container {container_id}")
+        self._create_tasks.add(task)
+        task.add_done_callback(self._create_done)
+        return await asyncio.shield(task)
+
+    def _create_done(self, task: asyncio.Task[shim_pb2.CreateTaskResponse]) -> None:
+        self._create_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("%s: %r", task.get_name(), task.exception())
+
+    async def _create(self, container_id: str, request: Any) -> shim_pb2.CreateTaskResponse:
         try:
             options = self.default_options
             if request.HasField("options") and request.options.type_url:
@@ -183,15 +211,19 @@ class TaskService:
     async def start(self, request: Any, context: CallContext) -> shim_pb2.StartResponse:
         container = self.container(request.id)
         process = container.process(request.exec_id)
-        pid = await container.start(process)
+        pid = await process.operate(lambda: container.start(process))
         return shim_pb2.StartResponse(pid=pid)
 
     async def delete(self, request: Any, context: CallContext) -> shim_pb2.DeleteResponse:
         container = self.container(request.id)
         process = container.process(request.exec_id)
+        return await process.operate(lambda: self._delete(container, process))
+
+    async def _delete(self, container: Container, process: Process) -> shim_pb2.DeleteResponse:
         await process.state.delete()
         if process.is_init:
-            del self.containers[container.id]
+            if self.containers.get(container.id) is container:
+                del self.containers[container.id]
             self.publisher.publish(
                 "/tasks/delete",
                 events_pb2.TaskDelete(
@@ -208,6 +240,7 @@ class TaskService:
         container = self.container(request.id)
         if not request.exec_id:
             raise InvalidArgument(f"container {request.id}: exec id is empty")
+        _checked(request.exec_id, f"container {request.id}: exec id")
         spec = _json_any(request.spec, f"exec {request.exec_id} process spec", request.id)
         stdio = StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal)
         container.add_exec(request.exec_id, stdio, spec)
@@ -241,15 +274,24 @@ class TaskService:
 
     async def pause(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         container = self.container(request.id)
-        await container.init.state.pause()
-        self.publisher.publish("/tasks/paused", events_pb2.TaskPaused(container_id=container.id))
+
+        async def pause() -> None:
+            await container.init.state.pause()
+            self.publisher.publish("/tasks/paused",
+                                   events_pb2.TaskPaused(container_id=container.id))
+
+        await container.init.operate(pause)
         return empty_pb2.Empty()
 
     async def resume(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         container = self.container(request.id)
-        await container.init.state.resume()
-        self.publisher.publish("/tasks/resumed",
-                               events_pb2.TaskResumed(container_id=container.id))
+
+        async def resume() -> None:
+            await container.init.state.resume()
+            self.publisher.publish("/tasks/resumed",
+                                   events_pb2.TaskResumed(container_id=container.id))
+
+        await container.init.operate(resume)
         return empty_pb2.Empty()
 
     async def checkpoint(self, request: Any, context: CallContext) -> empty_pb2.Empty:
@@ -260,7 +302,7 @@ class TaskService:
 
     async def kill(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         process = self.process(request.id, request.exec_id)
-        await process.state.kill(request.signal, request.all)
+        await process.operate(lambda: process.state.kill(request.signal, request.all))
         return empty_pb2.Empty()
 
     async def resize_pty(self, request: Any, context: CallContext) -> empty_pb2.Empty:
@@ -285,7 +327,7 @@ class TaskService:
     async def update(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         container = self.container(request.id)
         resources = _json_any(request.resources, "update resources", request.id)
-        await container.update(resources)
+        await container.init.operate(lambda: container.update(resources))
         return empty_pb2.Empty()
 
     async def wait(self, request: Any, context: CallContext) -> shim_pb2.WaitResponse:
@@ -310,5 +352,6 @@ class TaskService:
         return empty_pb2.Empty()
 
     async def close(self) -> None:
+        await finish_operations(timeout=5.0)
         for container in list(self.containers.values()):
             await container.close()

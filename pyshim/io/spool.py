@@ -11,12 +11,14 @@ import contextlib
 import logging
 import os
 
+# Default cap of one stream's spool (memory + file): runtime option `output_spool_max`.
+from pyshim.options import DEFAULT_SPOOL_MAX
+
 log = logging.getLogger("pyshim.io")
 
 # Held in memory before spilling: a short containerd restart costs no disk at all.
 MEMORY_MAX = 256 * 1024
-# Default cap of one stream's spool (memory + file); runtime option `output_spool_max`.
-DEFAULT_SPOOL_MAX = 64 * 1024 * 1024
+__all__ = ["DEFAULT_SPOOL_MAX", "MEMORY_MAX", "Spool"]
 
 
 class Spool:

@@ -1,20 +1,29 @@
 """What init and exec processes share: identity, recorded exit, waiters, and the state base.
 
 A process is always in exactly one state object; an operation the state does not allow raises
-a typed error naming the container, the process and the reason. Holds no runc logic itself.
+a typed error naming the container, the process and the reason. Operations on one process
+are serialised and run to completion even when their caller goes away (operate()). Holds no
+runc logic itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pyshim.io import ProcessIO, StdioConfig
 from pyshim.ttrpc.status import NotFound, RPCError, Unknown
 
 if TYPE_CHECKING:
     from pyshim.process.container import Container
+
+log = logging.getLogger("pyshim.process")
+T = TypeVar("T")
+# Operations still running whose callers may be gone (a strong reference keeps them alive).
+_OPERATIONS: set[asyncio.Task[Any]] = set()
 
 
 class Status(Enum):
@@ -28,6 +37,10 @@ class Status(Enum):
 
 class Process:
     """State every process carries; the kind-specific work lives in the subclasses."""
+
+    # What a process is comes from its class, never from comparing ids: an exec may have the
+    # container's id.
+    is_init = False
 
     def __init__(
         self, container: Container, process_id: str, stdio: StdioConfig, io: ProcessIO
@@ -45,16 +58,18 @@ class Process:
         self._exited = asyncio.Event()
         self._wait_error: RPCError | None = None
         self.state: ProcessState = self._initial_state()
+        self._lock = asyncio.Lock()
+        # The task that reports this process's exit, and whether a Start is still in flight
+        # (the exit is reported after the start).
+        self.watcher: asyncio.Task[None] | None = None
+        self.start_done = asyncio.Event()
+        self.start_done.set()
 
     def _initial_state(self) -> ProcessState:
         raise NotImplementedError
 
     def stopped_state(self) -> ProcessState:
         raise NotImplementedError
-
-    @property
-    def is_init(self) -> bool:
-        return self.id == self.container.id
 
     @property
     def label(self) -> str:
@@ -70,6 +85,23 @@ class Process:
     @property
     def exited(self) -> bool:
         return self._exited.is_set()
+
+    async def operate(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation` alone on this process and to its end, whatever the caller does.
+
+        Once runc has been asked to do something, the record of what it did must be
+        completed: a caller whose deadline passes or whose connection drops stops waiting,
+        but the operation (in a task of its own, holding the lock) goes on.
+        """
+        task = asyncio.get_running_loop().create_task(
+            self._serialised(operation), name=f"{self.label} operation")
+        _OPERATIONS.add(task)
+        task.add_done_callback(_operation_done)
+        return await asyncio.shield(task)
+
+    async def _serialised(self, operation: Callable[[], Awaitable[T]]) -> T:
+        async with self._lock:
+            return await operation()
 
     def transition(self, state: ProcessState) -> None:
         self.state = state
@@ -134,3 +166,16 @@ class ProcessState:
     def exited(self) -> None:
         """The reaper saw the process die (output may still be draining)."""
         self.process.transition(self.process.stopped_state())
+
+
+def _operation_done(task: asyncio.Task[Any]) -> None:
+    _OPERATIONS.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        # Retrieved here: the caller got it, or was gone and the log is all that is left.
+        log.debug("%s ended with %r", task.get_name(), task.exception())
+
+
+async def finish_operations(timeout: float) -> None:
+    """At shutdown: let operations whose callers left finish (bounded)."""
+    if _OPERATIONS:
+        await asyncio.wait(set(_OPERATIONS), timeout=timeout)

@@ -1,14 +1,17 @@
 """One container: its init and exec processes, its runc, rootfs, cgroup, and its exits.
 
-Owns the order of things (spec §4.4, §5.4, §6.6): an exit is reported after the process's
-start, after its last output byte, and (for the init) after every exec's exit. Talks to runc,
-the reaper, io, mounts and cgroups; tells a Listener what happened, never containerd itself.
+Owns the order of things (spec §4.4, §5.4, §6.6): an exit is recorded on disk when it is
+reaped, and reported after the process's start, after its last output byte (when someone
+reads it), and (for the init) after every exec's exit; each of those waits is bounded. Talks
+to runc, the reaper, io, mounts and cgroups; tells a Listener what happened, never containerd
+itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -28,17 +31,18 @@ from pyshim.io import (
 )
 from pyshim.options import RuncOptions
 from pyshim.process.base import Process, Status
-from pyshim.process.exec import ExecProcess
+from pyshim.process.exec import ExecDeleted, ExecProcess
 from pyshim.process.init import InitProcess
 from pyshim.protos.containerd.types import mount_pb2
 from pyshim.reaper import Exit, Reaper
-from pyshim.runtime import OCIRuntimeError, Runc
+from pyshim.runtime import OCIRuntimeError, Runc, RuntimeTimeout
 from pyshim.ttrpc.status import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    RPCError,
     Unimplemented,
     Unknown,
 )
@@ -50,6 +54,8 @@ DELETE_DRAIN_TIMEOUT = 2.0
 # The exit report waits this long for the process's last bytes to reach a client that reads
 # slowly; a client that does not read at all must not hide the exit for ever.
 EXIT_DRAIN_TIMEOUT = 10.0
+# The init's exit waits this long for the execs to exit (they die with it, or are killed).
+EXEC_SETTLE_TIMEOUT = 10.0
 
 _KILL_GONE = ("container not running", "no such process", "process already finished", "ESRCH")
 
@@ -82,6 +88,13 @@ def read_spec(bundle: str, container_id: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise InvalidArgument(f"container {container_id}: {path} is not a JSON object")
     return spec
+
+
+def runtime_error(label: str, what: str, error: OCIRuntimeError) -> RPCError:
+    """A failed runc command as the error the caller gets: a hung one is DeadlineExceeded."""
+    if isinstance(error, RuntimeTimeout):
+        return DeadlineExceeded(f"{label}: {what}: {error.message}")
+    return Unknown(f"{label}: {what}: {error.message}")
 
 
 def has_private_pid_namespace(spec: Mapping[str, Any]) -> bool:
@@ -124,14 +137,14 @@ class Container:
             log_path=os.path.join(bundle, "log.json"),
             systemd_cgroup=options.systemd_cgroup,
             criu=options.criu_path,
+            timeout=options.runc_timeout_seconds,
         )
         self.init: InitProcess = InitProcess(self, container_id, StdioConfig(), ProcessIO())
         self.execs: dict[str, ExecProcess] = {}
         self.rootfs: list[mount_pb2.Mount] = []
         self.private_pid_namespace = True
         self.cgroup: cgroups.Cgroup | None = None
-        self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._start_done: dict[str, asyncio.Event] = {}
+        self.oom_killed = False
         self._exec_starts = 0
         self._exec_change = asyncio.Event()
 
@@ -161,13 +174,15 @@ class Container:
             except mount.MountError as error:
                 raise Unknown(f"container {self.id}: {error}") from error
             self.rootfs = list(rootfs)
+        runc_called = False
         try:
             if io is None:
-                io = await self._open_io(stdio, self.id)
+                io = await self._open_io(stdio, self.id, "init")
             self.init = InitProcess(self, self.id, stdio, io)
             since = self.reaper.sequence
             pid_file = os.path.join(self.bundle, "init.pid")
             try:
+                runc_called = True
                 await self.runc.create(
                     self.id, self.bundle, pid_file, io.runtime_stdio(),
                     console_socket=io.console_socket,
@@ -176,15 +191,18 @@ class Container:
                 )
                 self.init.pid = bundle_files.read_pid(pid_file)
             except OCIRuntimeError as error:
-                raise Unknown(
-                    f"container {self.id}: OCI runtime create failed: {error.message}"
-                ) from error
+                raise runtime_error(self.init.label, "OCI runtime create failed", error) \
+                    from error
             except (OSError, ValueError) as error:
                 raise Unknown(
                     f"container {self.id}: runc create left no usable pid file: {error}"
                 ) from error
             await io.start()
         except BaseException:
+            if runc_called:
+                # Whatever runc got done (a half-created container, a runc init) goes too.
+                with contextlib.suppress(OCIRuntimeError):
+                    await self.runc.delete(self.id, force=True)
             await self.init.io.close()
             await self._unmount_rootfs()
             raise
@@ -194,13 +212,17 @@ class Container:
             bundle_files.write_shim_pid(self.bundle, os.getpid())
         return self.init.pid
 
-    async def _open_io(self, stdio: StdioConfig, process_id: str) -> ProcessIO:
-        """The process's stdio, prepared (a logging binary ready, a console socket listening)."""
+    async def _open_io(self, stdio: StdioConfig, process_id: str, key: str) -> ProcessIO:
+        """The process's stdio, prepared (a logging binary ready, a console socket listening).
+        `key` names its files in the bundle ("init", "exec-<id>": an exec may be called
+        like the container)."""
         label = f"container {self.id} process {process_id}"
         context = IOContext(
             process_id=process_id, namespace=self.namespace, reaper=self.reaper,
             cwd=self.bundle, uid=self.options.io_uid or -1, gid=self.options.io_gid or -1,
             name=f"{self.id}/{process_id}",
+            spool_dir=os.path.join(self.bundle, "spool", key),
+            spool_max=self.options.spool_max_bytes,
         )
         try:
             io = open_process_io(stdio, context)
@@ -236,27 +258,28 @@ class Container:
     # ------------------------------------------------------------------------------ start
 
     async def start(self, process: Process) -> int:
-        """Start (init or exec) with the start reported before any exit of the process."""
-        done = self._start_done.setdefault(process.id, asyncio.Event())
-        done.clear()
+        """Start (init or exec) with the start reported before any exit of the process.
+        Called through process.operate(): serialised, and completed even if the caller left."""
+        process.start_done.clear()
         try:
             await process.state.start()
             self.listener.process_started(process)
         finally:
-            done.set()
+            process.start_done.set()
         return process.pid
 
     async def runtime_start_init(self) -> None:
         try:
             await self.runc.start(self.id)
         except OCIRuntimeError as error:
-            raise Unknown(f"container {self.id}: OCI runtime start failed: {error.message}") \
-                from error
+            raise runtime_error(self.init.label, "OCI runtime start failed", error) from error
         self._find_cgroup()
         if self.oom_watcher is not None and self.cgroup is not None:
-            self.oom_watcher.add(
-                self.id, self.cgroup, lambda _key: self.listener.container_oom(self)
-            )
+            self.oom_watcher.add(self.id, self.cgroup, lambda _key: self._oom())
+
+    def _oom(self) -> None:
+        self.oom_killed = True
+        self.listener.container_oom(self)
 
     # ------------------------------------------------------------------------------- exec
 
@@ -274,8 +297,10 @@ class Container:
             raise FailedPrecondition(f"container {self.id} init process is not running")
         spec = dict(process.spec)
         spec["terminal"] = process.stdio.terminal
-        process.io = await self._open_io(process.stdio, process.id)
-        pid_file = os.path.join(self.bundle, f"{process.id}.pid")
+        exec_dir = bundle_files.exec_dir(self.bundle)
+        os.makedirs(exec_dir, mode=0o711, exist_ok=True)
+        process.io = await self._open_io(process.stdio, process.id, f"exec-{process.id}")
+        pid_file = os.path.join(exec_dir, f"{process.id}.pid")
         since = self.reaper.sequence
         self._exec_starts += 1
         try:
@@ -283,12 +308,11 @@ class Container:
                 await self.runc.exec(
                     self.id, spec, pid_file, process.io.runtime_stdio(),
                     console_socket=process.io.console_socket,
+                    spec_path=os.path.join(exec_dir, f"{process.id}.json"),
                 )
                 process.pid = bundle_files.read_pid(pid_file)
             except OCIRuntimeError as error:
-                raise Unknown(
-                    f"{process.label}: OCI runtime exec failed: {error.message}"
-                ) from error
+                raise runtime_error(process.label, "OCI runtime exec failed", error) from error
             except (OSError, ValueError) as error:
                 raise Unknown(f"{process.label}: runc exec left no usable pid file: {error}") \
                     from error
@@ -301,14 +325,27 @@ class Container:
             self._exec_change.set()
         self._watch(process, since)
 
-    async def forget_exec(self, process: ExecProcess) -> None:
-        await process.io.close(DELETE_DRAIN_TIMEOUT)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.bundle, f"{process.id}.pid"))
-        self.execs.pop(process.id, None)
-        self._start_done.pop(process.id, None)
-        process.release_waiters(NotFound(f"{process.label}: process was deleted before it exited"))
-        self._exec_change.set()
+    async def forget_exec(self, process: ExecProcess, drain_timeout: float = DELETE_DRAIN_TIMEOUT
+                          ) -> None:
+        """Everything the exec held goes: relays, fds, spool, its files in the bundle."""
+        if not process.reaped and process.watcher is not None:
+            process.watcher.cancel()  # never started, or its exit is no longer news
+        try:
+            await process.io.close(drain_timeout)
+        finally:
+            exec_dir = bundle_files.exec_dir(self.bundle)
+            for suffix in (".pid", ".exit", ".json"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(exec_dir, process.id + suffix))
+            if self.execs.get(process.id) is process:
+                del self.execs[process.id]
+            process.release_waiters(
+                NotFound(f"{process.label}: process was deleted before it exited"))
+            self._exec_change.set()
+
+    async def _discard_exec(self, process: ExecProcess) -> None:
+        await self.forget_exec(process, 0.0)
+        process.transition(ExecDeleted(process))
 
     def process(self, exec_id: str) -> Process:
         if not exec_id:
@@ -323,6 +360,8 @@ class Container:
     async def runtime_kill(self, signal: int, all_processes: bool) -> None:
         try:
             await self.runc.kill(self.id, signal, all_processes=all_processes)
+        except RuntimeTimeout as error:
+            raise runtime_error(self.init.label, "kill", error) from error
         except OCIRuntimeError as error:
             if any(marker in error.message for marker in _KILL_GONE):
                 raise NotFound(f"container {self.id}: process already finished") from error
@@ -335,31 +374,27 @@ class Container:
         try:
             await self.runc.pause(self.id)
         except OCIRuntimeError as error:
-            raise Unknown(f"container {self.id}: OCI runtime pause failed: {error.message}") \
-                from error
+            raise runtime_error(self.init.label, "OCI runtime pause failed", error) from error
 
     async def runtime_resume(self) -> None:
         try:
             await self.runc.resume(self.id)
         except OCIRuntimeError as error:
-            raise Unknown(f"container {self.id}: OCI runtime resume failed: {error.message}") \
-                from error
+            raise runtime_error(self.init.label, "OCI runtime resume failed", error) from error
 
     async def update(self, resources: dict[str, Any]) -> None:
         self.init.state.check_update()
         try:
             await self.runc.update(self.id, resources)
         except OCIRuntimeError as error:
-            raise Unknown(f"container {self.id}: OCI runtime update failed: {error.message}") \
-                from error
+            raise runtime_error(self.init.label, "OCI runtime update failed", error) from error
 
     async def pids(self) -> list[tuple[int, str]]:
         """(pid, exec id or "") for every process in the container."""
         try:
             pids = await self.runc.ps(self.id)
         except OCIRuntimeError as error:
-            raise Unknown(f"container {self.id}: failed to list processes: {error.message}") \
-                from error
+            raise runtime_error(self.init.label, "failed to list processes", error) from error
         exec_ids = {process.pid: process.id for process in self.execs.values() if process.pid}
         return [(pid, exec_ids.get(pid, "")) for pid in pids]
 
@@ -373,18 +408,18 @@ class Container:
             raise NotFound(f"container {self.id}: cgroup does not exist") from error
 
     async def runtime_delete_init(self) -> None:
-        if not self.init.reaped:
+        if not self.init.reaped and self.init.watcher is not None:
             # Never started (or never exited): its exit now is part of the delete, not news.
-            watcher = self._watchers.pop(self.id, None)
-            if watcher is not None:
-                watcher.cancel()
+            self.init.watcher.cancel()
         await self.init.io.close(DELETE_DRAIN_TIMEOUT)
         try:
             await self.runc.delete(self.id)
         except OCIRuntimeError as error:
             if "does not exist" not in error.message:
-                raise Unknown(f"container {self.id}: failed to delete task: {error.message}") \
-                    from error
+                raise runtime_error(self.init.label, "failed to delete task", error) from error
+        # Execs nobody deleted: their relays, fds, spools and files go with the container.
+        for process in list(self.execs.values()):
+            await process.operate(functools.partial(self._discard_exec, process))
         await self._unmount_rootfs()
         if self.oom_watcher is not None:
             self.oom_watcher.remove(self.id)
@@ -401,13 +436,23 @@ class Container:
     # ------------------------------------------------------------------------------ exits
 
     def _watch(self, process: Process, since: int) -> None:
-        future = self.reaper.watch(process.pid, since=since)
-        task = asyncio.get_running_loop().create_task(
-            self._report_exit(process, future), name=f"exit {process.label}"
-        )
-        self._watchers[process.id] = task
-        task.add_done_callback(lambda _t: self._watchers.pop(process.id, None)
-                               if self._watchers.get(process.id) is _t else None)
+        future = self.reaper.watch(
+            process.pid, since=since, on_exit=lambda exited: self._reaped(process, exited))
+        process.watcher = asyncio.get_running_loop().create_task(
+            self._report_exit(process, future), name=f"exit {process.label}")
+
+    def _reaped(self, process: Process, exited: Exit) -> None:
+        """At reap time, before anything can wait: the pid is gone, and the exit is on disk
+        (a shim killed right after still leaves `delete` the truth)."""
+        process.reaped = True
+        path = bundle_files.exit_record_path(self.bundle, None if process.is_init else process.id)
+        record = bundle_files.ExitRecord(exited.status, exited.time_ns, exited.pid,
+                                         process.is_init and self.oom_killed)
+        try:
+            bundle_files.write_exit_record(path, record)
+        except OSError as error:
+            log.error("%s: cannot record its exit (status %d) in %s: %s",
+                      process.label, exited.status, path, error)
 
     async def _report_exit(self, process: Process, future: asyncio.Future[Exit]) -> None:
         try:
@@ -415,41 +460,47 @@ class Container:
         except asyncio.CancelledError:
             self.reaper.forget(process.pid, future)
             raise
-        process.reaped = True
         if process.is_init:
             await self._after_init_died(process)
-        # Each await below that is not needed would cost the exit event a loop turn.
+            if self.oom_killed:  # the OOM notice came after the reap: the record says so too
+                self._reaped(process, exited)
+        # Each await below that is not needed would cost the exit event a loop turn. Each is
+        # bounded: an exit is reported late rather than never.
         if not process.io.output_drained():
             try:
                 await asyncio.wait_for(process.io.wait_output(), self.exit_drain_timeout)
             except TimeoutError:
                 log.warning("%s: output not drained after %.0f s; reporting the exit anyway",
                             process.label, self.exit_drain_timeout)
-        start_done = self._start_done.get(process.id)
-        if start_done is not None and not start_done.is_set():
-            await start_done.wait()
+        if not process.start_done.is_set():
+            # A Start in flight ends within runc's time limit (it is killed after that).
+            await process.start_done.wait()
         if process.is_init and not self._execs_idle():
-            await self._execs_settled()
+            try:
+                await asyncio.wait_for(self._execs_settled(), EXEC_SETTLE_TIMEOUT)
+            except TimeoutError:
+                log.warning("%s: execs still running %.0f s after the init exited; reporting "
+                            "its exit anyway", process.label, EXEC_SETTLE_TIMEOUT)
         process.state.exited()
         process.record_exit(exited.status, exited.time_ns)
-        if process.is_init:
-            try:
-                bundle_files.write_exit_record(self.bundle, exited.status, exited.time_ns)
-            except OSError as error:
-                log.warning("container %s: cannot record the exit: %s", self.id, error)
-        else:
+        if not process.is_init:
             self._exec_change.set()
         self.listener.process_exited(process)
         log.info("%s: pid %d exited with status %d", process.label, exited.pid, exited.status)
 
     async def _after_init_died(self, process: Process) -> None:
         if process.status in (Status.PAUSED, Status.PAUSING):
-            with contextlib.suppress(OCIRuntimeError):
+            try:
                 await self.runc.resume(self.id)
+            except OCIRuntimeError as error:
+                log.warning("%s: resume after the init died: %s", process.label, error.message)
         if not self.private_pid_namespace:
             # No pid namespace of its own: the kernel will not kill the rest for us.
-            with contextlib.suppress(OCIRuntimeError):
+            try:
                 await self.runc.kill(self.id, 9, all_processes=True)
+            except OCIRuntimeError as error:
+                log.warning("%s: kill --all after the init died: %s", process.label,
+                            error.message)
         if self.oom_watcher is not None:
             # Let a pending OOM notification arrive before the exit (CRI reads it first).
             await asyncio.sleep(0)
@@ -467,8 +518,9 @@ class Container:
 
     async def close(self) -> None:
         """Shim going away: stop watching (the processes are not ours to kill)."""
-        for task in list(self._watchers.values()):
-            task.cancel()
+        for process in (self.init, *self.execs.values()):
+            if process.watcher is not None:
+                process.watcher.cancel()
         for process in (self.init, *self.execs.values()):
             await process.io.close()
 

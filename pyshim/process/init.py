@@ -10,6 +10,8 @@ from pyshim.process.base import Process, ProcessState, Status
 
 
 class InitProcess(Process):
+    is_init = True
+
     def _initial_state(self) -> ProcessState:
         return InitCreated(self)
 

@@ -11,7 +11,14 @@ import os
 import sys
 import time
 
-from pyshim.bundle import read_exit_record, read_pid, runc_location
+from pyshim.bundle import (
+    CorruptRecord,
+    exit_record_path,
+    read_exit_record,
+    read_pid,
+    runc_location,
+)
+from pyshim.identifiers import InvalidIdentifier, validate
 from pyshim.shim import wire
 from pyshim.shim.args import ShimArgs
 from pyshim.shim.start import lock_path, socket_alive
@@ -58,6 +65,12 @@ def delete(args: ShimArgs) -> int:
     if not args.id:
         print("shim id cannot be empty", file=sys.stderr)
         return 1
+    try:
+        validate(args.id, "shim id")
+        validate(args.namespace, "namespace")
+    except InvalidIdentifier as error:
+        print(f"delete: {error}", file=sys.stderr)
+        return 1
     bundle = args.bundle or os.getcwd()
     _runc_delete(bundle, args.namespace, args.id)
     from pyshim.umount import unmount_all
@@ -71,8 +84,15 @@ def delete(args: ShimArgs) -> int:
         pid = read_pid(os.path.join(bundle, "init.pid"))
     except (OSError, ValueError):
         pid = 0  # Create never got that far
-    record = read_exit_record(bundle)
-    status, exited_at = record if record else (KILLED_STATUS, time.time_ns())
+    status, exited_at = KILLED_STATUS, time.time_ns()
+    try:
+        record = read_exit_record(exit_record_path(bundle))
+    except CorruptRecord as error:
+        # Reported, never trusted: containerd logs our stderr.
+        print(f"container {args.id}: ignoring a corrupt exit record: {error}", file=sys.stderr)
+        record = None
+    if record is not None:
+        status, exited_at = record.status, record.exited_at_ns
     sys.stdout.buffer.write(
         wire.encode_delete_response(pid, status, exited_at // 1_000_000_000,
                                     exited_at % 1_000_000_000)
