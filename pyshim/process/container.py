@@ -1,10 +1,8 @@
 """One container: its init and exec processes, its runc, rootfs, cgroup, and its exits.
 
-Owns the order of things (spec §4.4, §5.4, §6.6): an exit is recorded on disk when it is
-reaped, and reported after the process's start, after its last output byte (when someone
-reads it), and (for the init) after every exec's exit; each of those waits is bounded. Talks
-to runc, the reaper, io, mounts and cgroups; tells a Listener what happened, never containerd
-itself.
+Creates, starts, execs, signals and deletes through runc; exits are recorded and reported in
+order by its ExitReporting half (exits.py). Talks to runc, the reaper, io, mounts and cgroups;
+tells a Listener what happened, never containerd itself.
 """
 
 from __future__ import annotations
@@ -30,11 +28,12 @@ from pyshim.io import (
     open_process_io,
 )
 from pyshim.options import RuncOptions
-from pyshim.process.base import Process, Status
+from pyshim.process.base import Process
 from pyshim.process.exec import ExecDeleted, ExecProcess
+from pyshim.process.exits import EXIT_DRAIN_TIMEOUT, ExitReporting
 from pyshim.process.init import InitProcess
 from pyshim.protos.containerd.types import mount_pb2
-from pyshim.reaper import Exit, Reaper
+from pyshim.reaper import Reaper
 from pyshim.runtime import OCIRuntimeError, Runc, RuntimeTimeout
 from pyshim.ttrpc.status import (
     AlreadyExists,
@@ -51,11 +50,6 @@ log = logging.getLogger("pyshim.container")
 
 # Delete waits this long for the output relays to reach EOF (spec §6.6: runc-v2 uses 2 s).
 DELETE_DRAIN_TIMEOUT = 2.0
-# The exit report waits this long for the process's last bytes to reach a client that reads
-# slowly; a client that does not read at all must not hide the exit for ever.
-EXIT_DRAIN_TIMEOUT = 10.0
-# The init's exit waits this long for the execs to exit (they die with it, or are killed).
-EXEC_SETTLE_TIMEOUT = 10.0
 
 _KILL_GONE = ("container not running", "no such process", "process already finished", "ESRCH")
 
@@ -107,7 +101,7 @@ def has_private_pid_namespace(spec: Mapping[str, Any]) -> bool:
     )
 
 
-class Container:
+class Container(ExitReporting):
     """Created by `create()`; afterwards every Task call for this id lands here."""
 
     def __init__(
@@ -432,89 +426,6 @@ class Container:
             except OSError as error:
                 log.warning("container %s: unmounting rootfs: %s", self.id, error)
             self.rootfs = []
-
-    # ------------------------------------------------------------------------------ exits
-
-    def _watch(self, process: Process, since: int) -> None:
-        future = self.reaper.watch(
-            process.pid, since=since, on_exit=lambda exited: self._reaped(process, exited))
-        process.watcher = asyncio.get_running_loop().create_task(
-            self._report_exit(process, future), name=f"exit {process.label}")
-
-    def _reaped(self, process: Process, exited: Exit) -> None:
-        """At reap time, before anything can wait: the pid is gone, and the exit is on disk
-        (a shim killed right after still leaves `delete` the truth)."""
-        process.reaped = True
-        path = bundle_files.exit_record_path(self.bundle, None if process.is_init else process.id)
-        record = bundle_files.ExitRecord(exited.status, exited.time_ns, exited.pid,
-                                         process.is_init and self.oom_killed)
-        try:
-            bundle_files.write_exit_record(path, record)
-        except OSError as error:
-            log.error("%s: cannot record its exit (status %d) in %s: %s",
-                      process.label, exited.status, path, error)
-
-    async def _report_exit(self, process: Process, future: asyncio.Future[Exit]) -> None:
-        try:
-            exited = await future
-        except asyncio.CancelledError:
-            self.reaper.forget(process.pid, future)
-            raise
-        if process.is_init:
-            await self._after_init_died(process)
-            if self.oom_killed:  # the OOM notice came after the reap: the record says so too
-                self._reaped(process, exited)
-        # Each await below that is not needed would cost the exit event a loop turn. Each is
-        # bounded: an exit is reported late rather than never.
-        if not process.io.output_drained():
-            try:
-                await asyncio.wait_for(process.io.wait_output(), self.exit_drain_timeout)
-            except TimeoutError:
-                log.warning("%s: output not drained after %.0f s; reporting the exit anyway",
-                            process.label, self.exit_drain_timeout)
-        if not process.start_done.is_set():
-            # A Start in flight ends within runc's time limit (it is killed after that).
-            await process.start_done.wait()
-        if process.is_init and not self._execs_idle():
-            try:
-                await asyncio.wait_for(self._execs_settled(), EXEC_SETTLE_TIMEOUT)
-            except TimeoutError:
-                log.warning("%s: execs still running %.0f s after the init exited; reporting "
-                            "its exit anyway", process.label, EXEC_SETTLE_TIMEOUT)
-        process.state.exited()
-        process.record_exit(exited.status, exited.time_ns)
-        if not process.is_init:
-            self._exec_change.set()
-        self.listener.process_exited(process)
-        log.info("%s: pid %d exited with status %d", process.label, exited.pid, exited.status)
-
-    async def _after_init_died(self, process: Process) -> None:
-        if process.status in (Status.PAUSED, Status.PAUSING):
-            try:
-                await self.runc.resume(self.id)
-            except OCIRuntimeError as error:
-                log.warning("%s: resume after the init died: %s", process.label, error.message)
-        if not self.private_pid_namespace:
-            # No pid namespace of its own: the kernel will not kill the rest for us.
-            try:
-                await self.runc.kill(self.id, 9, all_processes=True)
-            except OCIRuntimeError as error:
-                log.warning("%s: kill --all after the init died: %s", process.label,
-                            error.message)
-        if self.oom_watcher is not None:
-            # Let a pending OOM notification arrive before the exit (CRI reads it first).
-            await asyncio.sleep(0)
-
-    def _execs_idle(self) -> bool:
-        """No exec start in flight, and every started exec has reported its exit."""
-        return self._exec_starts == 0 and not any(
-            p.pid and not p.exited for p in self.execs.values())
-
-    async def _execs_settled(self) -> None:
-        """Until _execs_idle()."""
-        while not self._execs_idle():
-            self._exec_change.clear()
-            await self._exec_change.wait()
 
     async def close(self) -> None:
         """Shim going away: stop watching (the processes are not ours to kill)."""
