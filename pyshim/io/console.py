@@ -22,13 +22,35 @@ from pyshim.io.base import StdioError, StdioTimeout
 RECEIVE_TIMEOUT = 10.0
 
 
+_PREFIX = "pyshim-pty-"
+
+
+def remove_dead_shims_directories(base: str) -> None:
+    """Console socket directories of shims that died between prepare() and start()."""
+    try:
+        names = [name for name in os.listdir(base) if name.startswith(_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        owner = name[len(_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or os.path.exists(f"/proc/{owner}"):
+            continue
+        directory = os.path.join(base, name)
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(directory):
+                os.unlink(os.path.join(directory, entry))
+            os.rmdir(directory)
+
+
 class ConsoleSocket:
     """A listening unix socket runc connects to with `--console-socket`."""
 
     def __init__(self) -> None:
-        # runc runs as root like us; a 0700 directory keeps other users off the socket.
-        base = os.environ.get("XDG_RUNTIME_DIR") or None
-        self._directory = tempfile.mkdtemp(prefix="pty", dir=base)
+        # runc runs as root like us; a 0700 directory keeps other users off the socket. Its
+        # name carries our pid, so that the next shim removes what a dead one left.
+        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        remove_dead_shims_directories(base)
+        self._directory = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)
         self.path = os.path.join(self._directory, "pty.sock")
         self._listener: socket.socket | None = socket.socket(
             socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC
