@@ -18,7 +18,7 @@ from pyshim.bundle import DEFAULT_BINARY, DEFAULT_ROOT
 
 # Defaults of pyshim's own keys (runtime.py and io/spool.py use them).
 DEFAULT_RUNC_TIMEOUT = 120.0
-DEFAULT_SPOOL_MAX = 64 * 1024 * 1024
+DEFAULT_SPOOL_MAX = 16 * 1024 * 1024
 
 
 class InvalidOptions(ValueError):
