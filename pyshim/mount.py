@@ -5,6 +5,7 @@ Never decides *when* to mount (the task service does); never unmounts outside th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
@@ -17,6 +18,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -34,6 +36,7 @@ __all__ = [
     "UnmountError",
     "compact_lowerdir",
     "mount_all",
+    "mount_all_async",
     "overlay_needs_compaction",
     "parse_options",
     "unmount_all",
@@ -422,27 +425,110 @@ def _mount_one(mount: Mount, target: str) -> None:
             os.close(loop_fd)
 
 
+def _mount_each(mounts: Sequence[Mount], target: str, done: list[str]) -> None:
+    """Mount in order, appending each place mounted on to `done` (for the caller's rollback)."""
+    for mount in mounts:
+        try:
+            where = _scoped_join(target, mount.target) if mount.target else target
+        except OSError as exc:
+            raise MountError(mount.type, mount.source, target, _os_reason(exc), exc.errno) from exc
+        _mount_one(mount, where)
+        done.append(where)
+
+
 def mount_all(mounts: Sequence[Mount], target: str) -> None:
     """Stack `mounts` onto `target` in order (Mount.target, if set, is relative to `target`).
 
     On failure everything already mounted is unmounted again, newest first, and MountError is
-    raised. Changes the process cwd briefly for long overlay option strings.
+    raised. Changes the process cwd briefly for long overlay option strings. Blocks (a fuse
+    helper for up to a minute): on an event loop, use mount_all_async.
     """
     done: list[str] = []
     try:
-        for mount in mounts:
-            try:
-                where = _scoped_join(target, mount.target) if mount.target else target
-            except OSError as exc:
-                raise MountError(
-                    mount.type, mount.source, target, _os_reason(exc), exc.errno
-                ) from exc
-            _mount_one(mount, where)
-            done.append(where)
+        _mount_each(mounts, target, done)
     except BaseException:
         for where in reversed(done):
             _unmount_quietly(where)
         raise
+
+
+async def mount_all_async(mounts: Sequence[Mount], target: str) -> None:
+    """mount_all for the event loop: the loop keeps running while mount(2) calls and fuse
+    helpers take their time, and a cancelled caller leaves nothing mounted.
+
+    The mounting runs in a thread of its own with a private cwd (unshare(CLONE_FS)), so the
+    overlay chdir never moves the loop thread's cwd (nor the other way round). Rollback (after
+    a failure or a cancellation) runs on the loop; busy retries wait with asyncio.sleep.
+    """
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    done: list[str] = []
+
+    def settle(error: BaseException | None) -> None:
+        if finished.done():
+            return
+        if error is None:
+            finished.set_result(None)
+        else:
+            finished.set_exception(error)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            _private_cwd()
+            _mount_each(mounts, target, done)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+        # RuntimeError: the loop is closed; nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=work, name=f"mount {target}", daemon=True).start()
+    try:
+        await asyncio.shield(finished)
+    except asyncio.CancelledError:
+        # A mount(2) or helper cannot be stopped midway: let the thread finish, then undo it.
+        while not finished.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([finished])
+        if not finished.cancelled():
+            finished.exception()  # retrieved: the caller asked for cancellation, not this
+        await _rollback_async(done)
+        raise
+    except BaseException:
+        await _rollback_async(done)
+        raise
+
+
+async def _rollback_async(done: list[str]) -> None:
+    """Unmount `done`, newest first; a cancellation meanwhile is honoured only once done."""
+    cancelled = False
+    for where in reversed(done):
+        try:
+            for delay in unmount_steps(where, once=True):
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    cancelled = True
+        except UnmountError as exc:
+            _log.warning("rollback: %s", exc)
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+_CLONE_FS = 0x200
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.unshare.restype = ctypes.c_int
+
+
+def _private_cwd() -> None:
+    """Give the calling thread its own cwd (and root and umask): chdir there moves no other
+    thread's cwd. Only for a thread that ends afterwards."""
+    if _libc.unshare(_CLONE_FS):
+        err = ctypes.get_errno()
+        # Only long overlay option strings chdir; everything else works the same without.
+        _log.warning("unshare(CLONE_FS): %s; the mount thread shares the process cwd",
+                     go_strerror(err))
 
 
 def _unmount_quietly(target: str) -> None:

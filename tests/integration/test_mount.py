@@ -10,13 +10,21 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pyshim.mount import MountError, mount_all, unmount_all, unmount_all_async
+from pyshim.mount import (
+    MountError,
+    _private_cwd,
+    mount_all,
+    mount_all_async,
+    unmount_all,
+    unmount_all_async,
+)
 from pyshim.protos.containerd.types.mount_pb2 import Mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
@@ -281,3 +289,183 @@ def test_fuse_without_its_helper_is_a_clear_error(base: Path) -> None:
     with pytest.raises(MountError, match=r"mount helper \[mount.fuse3 localhost:/ .* -t sshfs\]"):
         mount_all([mount], str(target))
     assert mounts_at(target) == 0
+
+
+# -- mount_all_async ---------------------------------------------------------------------------
+
+# A fuse helper that blocks until the test lets it go (or gives up after ~20 s, so that an
+# implementation blocking the loop fails instead of hanging), then mounts a tmpfs.
+FAKE_FUSE_HELPER = """#!/bin/sh
+# mount.fuse SOURCE TARGET -o OPTION... -t SUBTYPE; SOURCE is the test's state directory.
+touch "$1/started"
+i=0
+while [ ! -e "$1/release" ]; do
+    i=$((i + 1))
+    [ "$i" -gt 2000 ] && { echo "never released" >&2; exit 1; }
+    sleep 0.01
+done
+mount -t tmpfs -o size=1m fake "$2" || exit
+touch "$1/finished"
+"""
+
+
+@pytest.fixture
+def fake_fuse(base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A state directory whose `started`/`release` files talk to the fake helper on PATH."""
+    bin_dir, state = make_dirs(base, "bin", "state")
+    helper = bin_dir / "mount.fuse"
+    helper.write_text(FAKE_FUSE_HELPER)
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return state
+
+
+class Ticker:
+    """Counts turns of the event loop; lets the fake helper go once the loop has turned
+    `turns` times after the helper started (which it cannot if the mount blocks the loop)."""
+
+    def __init__(self, state: Path, turns: int = 20) -> None:
+        self.state = state
+        self.turns = turns
+        self.ticks = 0
+        self.ticks_while_blocked = 0
+
+    async def run(self, release: bool = True) -> None:
+        while True:
+            self.ticks += 1
+            if (self.state / "started").exists():
+                self.ticks_while_blocked += 1
+                if release and self.ticks_while_blocked >= self.turns:
+                    (self.state / "release").touch()
+            await asyncio.sleep(0.001)
+
+
+def test_a_slow_fuse_helper_does_not_block_the_loop(base: Path, fake_fuse: Path) -> None:
+    (target,) = make_dirs(base, "rootfs")
+    mount = Mount(type="fuse.fake", source=str(fake_fuse), options=["ro"])
+
+    async def scenario() -> Ticker:
+        ticker = Ticker(fake_fuse)
+        ticking = asyncio.ensure_future(ticker.run())
+        try:
+            async with asyncio.timeout(60):
+                await mount_all_async([mount], str(target))
+        finally:
+            ticking.cancel()
+        return ticker
+
+    ticker = asyncio.run(scenario())
+    try:
+        assert ticker.ticks_while_blocked >= ticker.turns
+        assert [fstype for point, _, fstype, _ in mount_table() if point == str(target)] == [
+            "tmpfs"
+        ]
+    finally:
+        unmount_all(str(target))
+    assert mounts_at(target) == 0
+
+
+def test_a_cancelled_mount_leaves_nothing_mounted(base: Path, fake_fuse: Path) -> None:
+    source, target = make_dirs(base, "src", "rootfs")
+    mounts = [
+        Mount(type="bind", source=str(source), options=["rbind"]),
+        Mount(type="fuse.fake", source=str(fake_fuse)),
+    ]
+
+    async def scenario() -> None:
+        ticker = Ticker(fake_fuse)
+        ticking = asyncio.ensure_future(ticker.run(release=False))
+        mounting = asyncio.ensure_future(mount_all_async(mounts, str(target)))
+        try:
+            async with asyncio.timeout(60):
+                while not (fake_fuse / "started").exists():
+                    await asyncio.wait([mounting], timeout=0.005)
+                mounting.cancel()
+                (fake_fuse / "release").touch()
+                with pytest.raises(asyncio.CancelledError):
+                    await mounting
+        finally:
+            ticking.cancel()
+
+    asyncio.run(scenario())
+    # Had the cancelled call returned before the helper finished, its mount would appear now.
+    deadline = time.monotonic() + 30
+    while not (fake_fuse / "finished").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (fake_fuse / "finished").exists()
+    # Rolled back: the helper's tmpfs and the bind under it.
+    assert mounts_at(target) == 0
+
+
+def test_async_failure_rolls_back_the_earlier_mounts(base: Path) -> None:
+    source, target = make_dirs(base, "src", "rootfs")
+    missing = base / "missing"
+    mounts = [
+        Mount(type="bind", source=str(source), options=["rbind"]),
+        Mount(type="tmpfs", source="tmpfs", options=["size=1m"]),
+        Mount(type="bind", source=str(missing), options=["rbind", "ro"]),
+    ]
+    with pytest.raises(MountError) as caught:
+        asyncio.run(mount_all_async(mounts, str(target)))
+    assert mounts_at(target) == 0
+    assert caught.value.errno == errno.ENOENT
+
+
+def test_async_overlay_compaction_keeps_the_loop_threads_cwd(base: Path) -> None:
+    snapshots = base / ("snapshots-" + "x" * 60)
+    layers = make_dirs(snapshots, *(f"{n}/fs" for n in range(100, 160)))
+    upper, work, target = make_dirs(base, "up/fs", "up/work", "rootfs")
+    for n, layer in enumerate(layers):
+        (layer / f"layer-{n}").write_text(str(n))
+    options = [f"workdir={work}", f"upperdir={upper}",
+               "lowerdir=" + ":".join(str(layer) for layer in layers)]
+    cwd = os.getcwd()
+    seen: set[str] = set()
+
+    async def watch_cwd() -> None:
+        while True:
+            seen.add(os.getcwd())
+            await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        watching = asyncio.ensure_future(watch_cwd())
+        try:
+            await mount_all_async([Mount(type="overlay", source="overlay", options=options)],
+                                  str(target))
+        finally:
+            watching.cancel()
+
+    asyncio.run(scenario())
+    try:
+        assert seen == {cwd}
+        assert os.getcwd() == cwd
+        assert (target / "layer-59").read_text() == "59"
+    finally:
+        unmount_all(str(target))
+
+
+def test_the_mount_threads_chdir_moves_no_other_threads_cwd(base: Path) -> None:
+    """What keeps the overlay chdir of mount_all_async's thread away from the loop thread."""
+    (elsewhere,) = make_dirs(base, "elsewhere")
+    cwd = os.getcwd()
+    seen: list[str] = []
+    chdir_done = threading.Event()
+    checked = threading.Event()
+
+    def worker() -> None:
+        _private_cwd()
+        os.chdir(elsewhere)
+        seen.append(os.getcwd())
+        chdir_done.set()
+        checked.wait(30)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert chdir_done.wait(30)
+        assert seen == [str(elsewhere)]
+        assert os.getcwd() == cwd
+    finally:
+        checked.set()
+        thread.join()
+    assert os.getcwd() == cwd
