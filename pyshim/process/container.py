@@ -164,7 +164,7 @@ class Container(ExitReporting):
         if rootfs:
             os.makedirs(self.rootfs_path, mode=0o711, exist_ok=True)
             try:
-                mount.mount_all(rootfs, self.rootfs_path)
+                await mount.mount_all_async(rootfs, self.rootfs_path)
             except mount.MountError as error:
                 raise Unknown(f"container {self.id}: {error}") from error
             self.rootfs = list(rootfs)

@@ -76,7 +76,8 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
         options = RuncOptions()
     reaper = Reaper()
     reaper.install(loop)
-    publisher = Publisher(config.ttrpc_address, config.namespace)
+    # Events that do not fit in memory wait in the bundle (containerd removes it at the end).
+    publisher = Publisher(config.ttrpc_address, config.namespace, spool_dir=config.bundle)
     publisher.start()
     oom_watcher = OOMWatcher(loop)
     finished = asyncio.Event()
