@@ -35,6 +35,13 @@ def loads(text: str | bytes) -> object:
         value, end = _scan(text, start)
     except StopIteration as stop:
         raise ValueError(f"no JSON value at offset {stop.value}") from None
+    except SystemError:
+        # A malformed document inside a value: the C scanner reports it through
+        # json.decoder.JSONDecodeError, found only if `json` is imported, and otherwise fails
+        # without an exception. The error path can afford the import (and gets its message).
+        import json
+
+        return json.loads(text)
     if text[end:].strip(_WHITESPACE):
         raise ValueError(f"extra data after the JSON value at offset {end}")
     return value

@@ -47,3 +47,27 @@ def test_does_not_import_json() -> None:
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code],
                          capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_document_cut_off_inside_an_object_is_a_value_error_without_json_imported() -> None:
+    """The C scanner reports such errors through json.decoder, which `start` and `delete`
+    never import: without it, it failed with SystemError (a corrupt init.exit broke delete)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    program = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from pyshim import jsonlite\n"
+        "assert 'json' not in sys.modules\n"
+        "try:\n"
+        "    jsonlite.loads('{\"status\": 42, \"exi')\n"
+        "except ValueError as error:\n"
+        "    print(type(error).__name__)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", program, str(root)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "JSONDecodeError"
