@@ -627,6 +627,18 @@ class PrivateContainerd:
             with contextlib.suppress(psutil.NoSuchProcess):
                 daemon.wait(5)
 
+    def kill_daemon(self, timeout: float = 10.0) -> None:
+        """SIGKILL only the containerd daemon, by PID (a crash: no shutdown of its own), and
+        wait until it is gone (reaped by its subreaper). Shims and containers keep running;
+        :meth:`start` starts a new daemon on the same state. Does nothing if it is not running.
+        """
+        daemon, self._daemon = self._daemon, None
+        if daemon is None:
+            return
+        _kill_quietly(daemon)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            daemon.wait(timeout)
+
     def stop(self) -> None:
         """Stop everything and remove every trace; idempotent, safe after a failed start.
 
@@ -887,6 +899,43 @@ class PrivateContainerd:
         except BaseException:
             subscription.close()
             raise
+
+    def subscribe_events_before_start(self, connect_timeout: float = 60.0) -> EventSubscription:
+        """Start ``ctr events`` while the daemon is down (after :meth:`kill_daemon`), so that
+        it subscribes within milliseconds of the next :meth:`start`; then call
+        :meth:`sync_events` on it after :meth:`start`. (``subscribe_events`` after ``start``
+        misses what arrives while its ``ctr`` starts and subscribes.)
+
+        ctr's dialer retries a missing socket every 10 ms until ``--connect-timeout`` (but
+        fails at once on a refused connection), so the socket a killed daemon left is removed
+        first; containerd removes it itself when it starts anyway.
+        """
+        if self.running:
+            raise ContainerdError("subscribe_events_before_start needs the daemon down")
+        self.address.unlink(missing_ok=True)
+        stderr_path = self.base_dir / f"ctr-events-{len(self._subscriptions)}.stderr"
+        subscription = EventSubscription(
+            ["ctr", "--address", str(self.address), "--connect-timeout",
+             f"{connect_timeout}s", "events"],
+            stderr_path,
+        )
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def sync_events(self, subscription: EventSubscription, timeout: float = 20.0) -> None:
+        """Return once ``subscription`` is live (see :meth:`subscribe_events`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            name = _SYNC_PREFIX + secrets.token_hex(6)
+            self.ctr("namespaces", "create", name)
+            self.ctr("namespaces", "remove", name)
+            if subscription._saw_sync(name, 0.5):
+                return
+            if time.monotonic() > deadline:
+                raise ContainerdError(
+                    f"ctr events did not subscribe within {timeout} s; stderr:\n"
+                    f"{_tail(subscription.stderr_path)}"
+                )
 
     # --------------------------------------------------------------------- context manager
 
