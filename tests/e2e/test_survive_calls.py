@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +170,7 @@ def test_invalid_ids_are_refused_before_any_path_use(
         start_sleeper(shim_containerd, PYSHIM_RUNTIME, busybox_rootfs, cid)
         bundle = bundle_dir(shim_containerd, cid)
         tasks_dir = bundle.parent.parent
-        before = tree(tasks_dir, skip=bundle) | tree(create_dir)
+        before = tree(tasks_dir, skip=bundle) | tree(create_dir, skip=create_bundle)
         outcomes: dict[str, str] = {}
 
         async def scenario(client: Client) -> shim_pb2.StateResponse:
@@ -200,7 +200,7 @@ def test_invalid_ids_are_refused_before_any_path_use(
         state = call_shim(shim_address(shim_containerd, cid), scenario)
         # The positive: the shim still serves the real container after all of it.
         assert state.status == task_pb2.RUNNING and state.pid > 0
-        after = tree(tasks_dir, skip=bundle) | tree(create_dir)
+        after = tree(tasks_dir, skip=bundle) | tree(create_dir, skip=create_bundle)
         assert after - before == set(), "written outside the bundle"
         for outside in (bundle.parent / f"{escape}.pid", bundle.parent / escape,
                         bundle.parent / f"{escape}.exit", RUNC_ROOT.parent / escape,
@@ -296,18 +296,25 @@ def run(coroutine: Awaitable[Any]) -> Any:
     return asyncio.run(main())
 
 
-def agreeing_state(address: str, container_id: str) -> Callable[[], bool]:
-    """A condition: the shim's State of the init and ``runc state`` say the same (status and
-    pid, or both: no such container)."""
+def wait_for_agreement(address: str, container_id: str, what: str) -> None:
+    """Wait until the shim's State of the init and ``runc state`` say the same (status and
+    pid, or both: no such container); the failure shows what each said last."""
+    last: list[tuple[Any, Any]] = []
 
     def agree() -> bool:
         shim = run(shim_state(address, container_id))
         runc = runc_state(container_id)
+        shim_view = None if shim is None else (task_pb2.Status.Name(shim.status), shim.pid)
+        runc_view = None if runc is None else (runc["status"], runc["pid"])
+        last[:] = [(shim_view, runc_view)]
         if shim is None or runc is None:
             return shim is None and runc is None
         return bool(RUNC_STATUS.get(shim.status) == runc["status"] and shim.pid == runc["pid"])
 
-    return agree
+    try:
+        wait_until(agree, what=f"shim and runc agree on {container_id} after {what}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}: (shim, runc) said {last}") from None
 
 
 def started_anyway(address: str, container_id: str, exec_id: str = "") -> None:
@@ -384,9 +391,9 @@ def test_interrupted_calls_leave_the_shim_consistent(
         seen["start init"] = run(interrupted(address, interruption, "Start",
                                              shim_pb2.StartRequest(id=other),
                                              shim_pb2.StartResponse))
-        wait_until(agreeing_state(address, other), what=f"shim and runc agree on {other}")
+        wait_for_agreement(address, other, f"Start ({seen['start init']})")
         started_anyway(address, other)
-        wait_until(agreeing_state(address, other), what=f"shim and runc agree on {other}")
+        wait_for_agreement(address, other, "Start again")
         running = runc_state(other)
         assert running is not None and running["status"] == "running", running
         events.wait_for(lambda line: "/tasks/start " in line and f'"{other}"' in line, 20)
@@ -423,7 +430,7 @@ def test_interrupted_calls_leave_the_shim_consistent(
         seen["delete init"] = run(interrupted(address, interruption, "Delete",
                                               shim_pb2.DeleteRequest(id=other),
                                               shim_pb2.DeleteResponse))
-        wait_until(agreeing_state(address, other), what=f"shim and runc agree on {other}")
+        wait_for_agreement(address, other, f"Delete ({seen['delete init']})")
         deleted_anyway(address, other)
         assert run(shim_state(address, other)) is None and runc_state(other) is None, seen
 

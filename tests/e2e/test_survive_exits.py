@@ -38,11 +38,11 @@ from tests.e2e.containerd import PrivateContainerd, parse_event_line
 
 MIB = 1024 * 1024
 
-#: Writes 1 MiB of zeros to stdout once the file ``/go-<id>`` exists (so that only after the
+#: Writes ``kib`` KiB of zeros to stdout once the file ``/go-<id>`` exists (so that only after the
 #: ``ctr run -d`` that started it has exited: nobody reads the FIFOs by then), then touches
 #: ``/done-<id>``; the rest of the script follows.
 WRITE_MIB = ("while [ ! -e /go-{id} ]; do sleep 0.05; done; "
-             "dd if=/dev/zero bs=1024 count=1024 2>/dev/null; touch /done-{id}; ")
+             "dd if=/dev/zero bs=1024 count={kib} 2>/dev/null; touch /done-{id}; ")
 
 
 async def connect_and_state(client: Client, container_id: str) -> tuple[int, str]:
@@ -104,7 +104,7 @@ def test_detached_output_nobody_reads_neither_blocks_nor_delays_the_exit(
     holds 64 KiB).
     """
     cid = unique_id("unread")
-    script = WRITE_MIB.format(id=cid) + "exec sleep 1000"
+    script = WRITE_MIB.format(id=cid, kib=1024) + "exec sleep 1000"
     stdout = ""
     try:
         shim_containerd.ctr("run", "-d", "--runtime", PYSHIM_RUNTIME, "--rootfs",
@@ -148,15 +148,17 @@ def test_exit_status_is_recorded_at_reap_time(
     shim_containerd: PrivateContainerd, busybox_rootfs: Path
 ) -> None:
     """A container writes 1 MiB nobody reads and exits 7; its shim is SIGKILLed as soon as it
-    has reaped the container: containerd's cleanup (the shim's ``delete`` action) reports 7.
-    (c5cee41: 137, the exit was recorded only after the output reached a reader.)
+    has reaped the container: containerd's cleanup (the shim's ``delete`` action) reports 7,
+    the status recorded at reap time, not one recorded once the output found a reader.
+    (c5cee41: the container never exits, blocked on its output. With output small enough
+    not to block it, 32 KiB, c5cee41 already reports 7.)
 
     containerd removes the task itself once its shim died (so ``ctr task delete`` has nothing
     left to delete): the status is the one of its ``/tasks/delete`` event. pyshim only
     (runc-v2's ``delete`` reports 137 whatever the status was).
     """
     cid = unique_id("reaped")
-    script = WRITE_MIB.format(id=cid) + "exit 7"
+    script = WRITE_MIB.format(id=cid, kib=1024) + "exit 7"
     try:
         with shim_containerd.subscribe_events() as events:
             shim_containerd.ctr("run", "-d", "--runtime", PYSHIM_RUNTIME, "--rootfs",
