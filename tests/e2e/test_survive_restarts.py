@@ -343,7 +343,7 @@ def test_cri_log_survives_containerd_kill_without_stalling_the_container(
         time.sleep(CRI_DOWN_SECONDS)
         containerd.start(timeout=60)
         restarted_at = host_uptime()
-        status = client.container_status(container_id).status
+        status = recovered_status(client, container_id)
         assert status.state == api.CONTAINER_RUNNING, status
 
         # Let it print for a while after the restart: lines stamped 2 s after it.
@@ -391,6 +391,27 @@ def test_cri_log_survives_containerd_kill_without_stalling_the_container(
         return not problems
 
     wait_until(clean, 20, f"k8s.io cgroups gone: {problems}")
+
+
+def recovered_status(client: CriClient, container_id: str) -> api.ContainerStatus:
+    """The container's CRI status once the restarted CRI plugin answers (it says "server is
+    not initialized yet" while it recovers its pods and containers)."""
+    found: list[api.ContainerStatus] = []
+    errors: list[str] = []
+
+    def answered() -> bool:
+        try:
+            found.append(client.container_status(container_id).status)
+        except Exception as error:
+            errors[:] = [rpc_error_text(error)]
+            return False
+        return True
+
+    try:
+        wait_until(answered, 60, "CRI answers after the restart")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last error: {errors}") from None
+    return found[-1]
 
 
 def first_disorder(numbers: list[int]) -> str:
