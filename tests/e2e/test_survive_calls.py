@@ -37,6 +37,7 @@ from tests.e2e.conftest import (
     background_ctr,
     bundle_dir,
     call_shim,
+    is_pyshim,
     oci_spec,
     remove_container,
     shim_address,
@@ -353,15 +354,20 @@ def deleted_anyway(address: str, container_id: str, exec_id: str = "") -> None:
 
 @pytest.mark.parametrize("interruption", ["deadline", "closed"])
 def test_interrupted_calls_leave_the_shim_consistent(
-    shim_containerd: PrivateContainerd, runtime: str, busybox_rootfs: Path, interruption: str
+    shim_containerd: PrivateContainerd, busybox_rootfs: Path, interruption: str
 ) -> None:
     """Start (an init), Start (an exec) and Delete (an exec, an init) whose caller gives up
     mid-call: afterwards the shim's State agrees with runc's, the start events are published,
     everything can be killed and deleted, and the shim exits after the last delete.
 
     The second container (``other``) is created with a direct Create in the same shim (ctr
-    cannot create a task without starting it). (c5cee41: see the report of issue 11.)
+    cannot create a task without starting it). (c5cee41: an interrupted Start leaves the shim
+    saying CREATED while runc says running, for good.)
+
+    pyshim only: runc-v2 fails it too (its connection closes at the Kill/Wait of the exec
+    whose Start was interrupted).
     """
+    runtime = PYSHIM_RUNTIME
     cid = unique_id("cut")
     other = unique_id("cut-other")
     bundle = shim_containerd.base_dir / f"bundle-{other}"
@@ -538,7 +544,9 @@ def test_thousands_of_exec_cycles_leak_nothing(
     shim_containerd: PrivateContainerd, runtime: str, busybox_rootfs: Path
 ) -> None:
     """2,000 exec create/start/wait/delete cycles in one shim: its open fds and threads are
-    back where they were after a warm-up, and no exec file is left in the bundle."""
+    back where they were after a warm-up, and no exec file is left in the bundle. (c5cee41
+    passes: it keeps no per-exec file and leaks no fd or thread here; this guards the new
+    engine's exit records and per-process operations.)"""
     cid = unique_id("cycles")
     try:
         start_sleeper(shim_containerd, runtime, busybox_rootfs, cid)
@@ -578,13 +586,17 @@ def test_thousands_of_exec_cycles_leak_nothing(
             deadline = loop.time() + 20
             while True:
                 after = (shim.num_fds(), shim.num_threads())
-                if (after[0] <= before[0] and after[1] <= before[1]) or loop.time() > deadline:
+                settled = after[0] <= before[0] and (
+                    after[1] <= before[1] or not is_pyshim(runtime))
+                if settled or loop.time() > deadline:
                     return before, after
                 await asyncio.sleep(0.1)
 
         before, after = call_shim(shim_address(shim_containerd, cid), scenario)
         assert after[0] <= before[0], f"open fds {before[0]} -> {after[0]}"
-        assert after[1] <= before[1], f"threads {before[1]} -> {after[1]}"
+        if is_pyshim(runtime):
+            # (Go's runtime starts threads as it sees fit: runc-v2's count is no measure.)
+            assert after[1] <= before[1], f"threads {before[1]} -> {after[1]}"
         execs = bundle / "execs"
         assert not execs.exists() or sorted(os.listdir(execs)) == []
         kill_and_delete(shim_containerd, cid)
