@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ from tests.e2e.conftest import (
     wait_until,
     write_spec,
 )
-from tests.e2e.containerd import PrivateContainerd, parse_event_line
+from tests.e2e.containerd import CTR_FIFO_DIR, PrivateContainerd, parse_event_line
 
 MIB = 1024 * 1024
 
@@ -79,6 +80,14 @@ def read_fifo(path: str, size: int, timeout: float = 20.0) -> bytes:
     finally:
         os.close(fd)
     return bytes(data)
+
+
+def remove_fifo_dir(stdout: str) -> None:
+    """Remove the task's ctr FIFO directory (the one holding ``stdout``) if still there: a task
+    whose shim was killed is removed by containerd, and nobody runs ``ctr task delete``."""
+    directory = Path(stdout).parent
+    if stdout and directory.parent == CTR_FIFO_DIR:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def exited(pid: int) -> bool:
@@ -129,6 +138,7 @@ def test_detached_output_nobody_reads_neither_blocks_nor_delays_the_exit(
         shim_containerd.ctr("container", "rm", cid)
     finally:
         remove_container(shim_containerd, cid)
+        remove_fifo_dir(stdout)
         for name in (f"go-{cid}", f"done-{cid}"):
             (busybox_rootfs / name).unlink(missing_ok=True)
     assert_no_leftovers(shim_containerd, [cid])
@@ -159,12 +169,13 @@ def test_exit_status_is_recorded_at_reap_time(
     """
     cid = unique_id("reaped")
     script = WRITE_MIB.format(id=cid, kib=1024) + "exit 7"
+    stdout = ""
     try:
         with shim_containerd.subscribe_events() as events:
             shim_containerd.ctr("run", "-d", "--runtime", PYSHIM_RUNTIME, "--rootfs",
                                 str(busybox_rootfs), cid, "/bin/sh", "-c", script)
             init_pid = task_list(shim_containerd)[cid][0]
-            shim_pid, _ = shim_pid_and_stdout(shim_containerd, cid)
+            shim_pid, stdout = shim_pid_and_stdout(shim_containerd, cid)
             (busybox_rootfs / f"go-{cid}").touch()
             # /proc/<pid> stays while the process is a zombie: gone means the shim reaped it.
             wait_until(lambda: not os.path.exists(f"/proc/{init_pid}"), 20,
@@ -173,9 +184,9 @@ def test_exit_status_is_recorded_at_reap_time(
             deleted = events.wait_for(
                 lambda line: "/tasks/delete " in line and f'"{cid}"' in line, timeout=20)
         assert event_status(deleted) == 7, deleted
-        remove_container(shim_containerd, cid)
     finally:
         remove_container(shim_containerd, cid)
+        remove_fifo_dir(stdout)
         for name in (f"go-{cid}", f"done-{cid}"):
             (busybox_rootfs / name).unlink(missing_ok=True)
     assert_no_leftovers(shim_containerd, [cid])
@@ -189,11 +200,12 @@ def test_a_corrupt_exit_record_is_not_reported_as_a_status(
     the garbage (137 for the container it killed, or 255 for unknown) and says so in
     containerd's log ("cleanup warnings ..." carries the action's stderr). pyshim only."""
     cid = unique_id("torn")
+    stdout = ""
     try:
         with shim_containerd.subscribe_events() as events:
             shim_containerd.ctr("run", "-d", "--runtime", PYSHIM_RUNTIME, "--rootfs",
                                 str(busybox_rootfs), cid, "/bin/sleep", "1000")
-            shim_pid, _ = shim_pid_and_stdout(shim_containerd, cid)
+            shim_pid, stdout = shim_pid_and_stdout(shim_containerd, cid)
             # The container runs, so the shim writes no record of its own before it dies.
             (bundle_dir(shim_containerd, cid) / "init.exit").write_text('{"status": 42, "exi')
             os.kill(shim_pid, signal.SIGKILL)
@@ -214,6 +226,7 @@ def test_a_corrupt_exit_record_is_not_reported_as_a_status(
         assert not failed, failed
     finally:
         remove_container(shim_containerd, cid)
+        remove_fifo_dir(stdout)
     assert_no_leftovers(shim_containerd, [cid])
 
 
