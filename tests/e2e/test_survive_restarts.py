@@ -5,8 +5,8 @@ else) and restarted on the same state while its tasks run, exit and write output
   containerd killed and restarted twice: every task is still RUNNING with the same pid. Then 10
   of them print 256 KiB nobody reads and exit (each with its own status) while containerd is
   down for 30 s: after the restart ``ctr task ls`` shows them STOPPED, ``ctr task delete``
-  reports each status, and every shim's ``/tasks/exit`` (retried while containerd was away)
-  reaches the restarted containerd.
+  reports each status, and (pyshim only) every shim's ``/tasks/exit``, retried while
+  containerd was away, reaches the restarted containerd.
 * ``test_cri_log_survives_containerd_kill_without_stalling_the_container``: a CRI pod's
   container prints a numbered line every 10 ms while containerd (which writes the CRI log) is
   dead for 20 s: the log ends up with every number exactly once, in order, and the container's
@@ -47,6 +47,7 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.containerd import (
     DEFAULT_DISABLED_PLUGINS,
+    EventSubscription,
     PrivateContainerd,
     parse_event_line,
 )
@@ -170,20 +171,10 @@ def test_tasks_survive_containerd_kills_and_exits_while_down_are_reported(
         containerd.sync_events(subscription)
 
         # Every exit, retried by its shim while containerd was away, reaches the new one.
-        received: dict[str, int] = {}
-
-        def all_exits_arrived() -> bool:
-            received.update(exit_events(subscription.lines()))
-            return set(expected) <= set(received)
-
-        try:
-            wait_until(all_exits_arrived, EXIT_EVENTS_WITHIN, "a /tasks/exit per exited task")
-        except AssertionError as error:
-            missing = sorted(set(expected) - set(received))
-            raise AssertionError(f"{error}; missing: {missing}; lines: "
-                                 f"{subscription.lines()}") from None
-        assert {cid: received[cid] for cid in expected} == expected
-        assert not set(received) & set(sleeping), received
+        # (Not runc-v2's: containerd 1.6's shim publisher gives up after five attempts, about
+        # 15 s, so after 30 s down there is nothing left to deliver; observed.)
+        if is_pyshim(runtime):
+            check_exit_events(subscription, expected, sleeping)
 
         tasks = task_list(containerd)
         assert {cid: tasks.get(cid) for cid in exiting} == {
@@ -209,6 +200,27 @@ def test_tasks_survive_containerd_kills_and_exits_while_down_are_reported(
     # does not look at: wait for them by PID.
     wait_until(lambda: not any(alive(shim) for shim in shims), 30, "every shim exits")
     assert_no_leftovers(containerd, ids)
+
+
+def check_exit_events(
+    subscription: EventSubscription, expected: dict[str, int], sleeping: list[str]
+) -> None:
+    """Within EXIT_EVENTS_WITHIN, a /tasks/exit with the right status for every exited
+    container of ``expected``, and none for the ``sleeping`` ones."""
+    received: dict[str, int] = {}
+
+    def all_exits_arrived() -> bool:
+        received.update(exit_events(subscription.lines()))
+        return set(expected) <= set(received)
+
+    try:
+        wait_until(all_exits_arrived, EXIT_EVENTS_WITHIN, "a /tasks/exit per exited task")
+    except AssertionError as error:
+        missing = sorted(set(expected) - set(received))
+        raise AssertionError(f"{error}; missing: {missing}; lines: "
+                             f"{subscription.lines()}") from None
+    assert {cid: received[cid] for cid in expected} == expected
+    assert not set(received) & set(sleeping), received
 
 
 def alive(process: psutil.Process) -> bool:
