@@ -4,7 +4,8 @@ them, and as a confused or hostile client could), and after every sequence the s
 answers and tells the truth.
 
 One container made by ``ctr run -d ... sleep 1000`` gives the shim; hypothesis then draws
-sequences of Exec/Start/Kill/Delete/State/Pause/Resume/Wait/Pids/CloseIO/ResizePty on it with
+sequences of Exec/Start (also as a pair on one id)/Kill/Delete/State/Pause/Resume/Wait/Pids/
+CloseIO/ResizePty on it with
 
 * exec ids from a pool of valid ones (``e1``, a 76-character id, the container id itself,
   which is a normal exec id) and invalid ones (``../x``, ``x/y``, ``..``, 77 characters, a
@@ -35,7 +36,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,8 @@ def calls_of(method: str, ids: st.SearchStrategy[str] = exec_ids) -> st.SearchSt
 CALL_STRATEGIES: dict[str, st.SearchStrategy[Call]] = {
     "Exec": st.builds(Call, method=st.just("Exec"), exec_id=exec_ids, deadline=deadlines,
                       command=st.sampled_from(sorted(COMMANDS))),
+    "ExecStart": st.builds(Call, method=st.just("ExecStart"), exec_id=exec_ids,
+                           deadline=deadlines, command=st.sampled_from(sorted(COMMANDS))),
     "Start": calls_of("Start"),
     "Kill": st.builds(Call, method=st.just("Kill"), exec_id=exec_ids, deadline=deadlines,
                       signal=st.sampled_from(SIGNALS)),
@@ -146,7 +149,7 @@ CALL_STRATEGIES: dict[str, st.SearchStrategy[Call]] = {
 }
 #: Methods drawn with repetitions as weights: the calls that change something most often;
 #: Pause rarely, since a paused container refuses most of the rest.
-METHOD_POOL = (("Exec",) * 4 + ("Start",) * 4 + ("Kill",) * 3 + ("Delete",) * 2
+METHOD_POOL = (("Exec",) * 2 + ("ExecStart",) * 3 + ("Start",) * 3 + ("Kill",) * 3 + ("Delete",) * 2
                + ("State",) * 2 + ("Wait",) * 2 + ("Resume",) * 2
                + ("Pids", "CloseIO", "ResizePty", "Pause"))
 calls = st.sampled_from(METHOD_POOL).flatmap(CALL_STRATEGIES.__getitem__)
@@ -227,25 +230,37 @@ def server_code(error: RPCError) -> int:
 
 
 async def run_sequence(client: Client, target: Target, sequence: list[Call]) -> set[str]:
-    """Send the calls; return the valid exec ids an Exec was accepted for. An Exec with an
-    invalid id must fail (INVALID_ARGUMENT from the shim, unless the caller's deadline ran
-    out first)."""
+    """Send the calls; return the valid exec ids an Exec was accepted for."""
     created: set[str] = set()
-    for call in sequence:
-        request, reply_type = request_for(target, call)
-        try:
-            await client.call(TASK, call.method, request, reply_type, timeout=call.deadline)
-        except RPCError as error:
-            target.outcomes[call.method, Code(server_code(error)).name] += 1
-            if call.method == "Exec" and call.exec_id in INVALID_EXEC_IDS:
-                assert server_code(error) in (Code.INVALID_ARGUMENT,
-                                              Code.DEADLINE_EXCEEDED), (call, error)
-            continue
-        target.outcomes[call.method, "OK"] += 1
-        if call.method == "Exec":
-            assert call.exec_id not in (INIT, *INVALID_EXEC_IDS), f"accepted: {call}"
-            created.add(call.exec_id)
+    for drawn in sequence:
+        for call in expand(drawn):
+            await send(client, target, call, created)
     return created
+
+
+def expand(call: Call) -> list[Call]:
+    """An ExecStart is an Exec then a Start of the same id (each with the deadline)."""
+    if call.method != "ExecStart":
+        return [call]
+    return [replace(call, method="Exec"), replace(call, method="Start")]
+
+
+async def send(client: Client, target: Target, call: Call, created: set[str]) -> None:
+    """One call; an Exec with an invalid id must fail, with INVALID_ARGUMENT unless the
+    caller's deadline ran out first."""
+    request, reply_type = request_for(target, call)
+    try:
+        await client.call(TASK, call.method, request, reply_type, timeout=call.deadline)
+    except RPCError as error:
+        target.outcomes[call.method, Code(server_code(error)).name] += 1
+        if call.method == "Exec" and call.exec_id in INVALID_EXEC_IDS:
+            assert server_code(error) in (Code.INVALID_ARGUMENT,
+                                          Code.DEADLINE_EXCEEDED), (call, error)
+        return
+    target.outcomes[call.method, "OK"] += 1
+    if call.method == "Exec":
+        assert call.exec_id not in (INIT, *INVALID_EXEC_IDS), f"accepted: {call}"
+        created.add(call.exec_id)
 
 
 async def state(client: Client, target: Target, exec_id: str) -> shim_pb2.StateResponse:
