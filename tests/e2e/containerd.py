@@ -468,6 +468,8 @@ class PrivateContainerd:
         self._daemon: psutil.Process | None = None
         self._subscriptions: list[EventSubscription] = []
         self._sockets_before: set[str] | None = None
+        #: Where shims started before hold_shim_events() dial (then a symlink).
+        self._shims_ttrpc_address: Path | None = None
         # Sub-directories of the cgroup hierarchies and runc roots before the first start.
         self._dirs_before: dict[Path, set[str]] | None = None
         self._stopped = False
@@ -638,6 +640,28 @@ class PrivateContainerd:
         _kill_quietly(daemon)
         with contextlib.suppress(psutil.NoSuchProcess):
             daemon.wait(timeout)
+
+    def hold_shim_events(self) -> None:
+        """Make the next :meth:`start` serve ttrpc on another path, so that the running shims
+        (which dial the path they were started with) cannot forward events until
+        :meth:`release_shim_events`. With it, a test subscribes to a restarted daemon before
+        any shim can deliver what it kept while the daemon was down; otherwise events
+        forwarded in the moment between the daemon's start and the subscription are lost.
+        """
+        if self.running:
+            raise ContainerdError("hold_shim_events needs the daemon down")
+        if self._shims_ttrpc_address is None:
+            self._shims_ttrpc_address = self.ttrpc_address
+            self.ttrpc_address = self.base_dir / "held.ttrpc"
+        # The killed daemon's socket refuses connections; the shims keep retrying.
+        self._shims_ttrpc_address.unlink(missing_ok=True)
+
+    def release_shim_events(self) -> None:
+        """Let the running shims reach the daemon's ttrpc socket (see :meth:`hold_shim_events`)."""
+        if self._shims_ttrpc_address is None:
+            raise ContainerdError("release_shim_events without hold_shim_events")
+        self._shims_ttrpc_address.unlink(missing_ok=True)
+        self._shims_ttrpc_address.symlink_to(self.ttrpc_address)
 
     def stop(self) -> None:
         """Stop everything and remove every trace; idempotent, safe after a failed start.
