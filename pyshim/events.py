@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import struct
 import time
 
@@ -38,8 +39,8 @@ log = logging.getLogger("pyshim.events")
 
 EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events"
 SEND_TIMEOUT = 5.0
-# Back-off between attempts: 0.1 s doubling up to 5 s, forever (containerd restarts can take
-# minutes; runc-v2 gives up after 15 s and loses the exit).
+# Back-off between attempts: 0.1 s doubling up to 5 s (each jittered down to half), forever
+# (containerd restarts can take minutes; runc-v2 gives up after 15 s and loses the exit).
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
 # An event containerd refuses this many times (application errors, not transport) is dropped,
@@ -504,7 +505,9 @@ class Publisher:
             except _TRANSPORT_ERRORS as error:
                 log.warning("publishing %r failed (%s); retrying in %.1f s", item, error, delay)
                 await self._disconnect()
-                await asyncio.sleep(delay)
+                # Jittered: the shims of a node all start retrying when containerd dies, and
+                # in step they would all hit the restarted daemon in the same instant.
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self.retry_max)
                 continue
             except Exception as error:  # refused by containerd, or not sendable at all
