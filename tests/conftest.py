@@ -15,3 +15,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for name, count in sorted(FUZZ_INPUTS.items()):
             terminalreporter.write_line(f"{name}: {count}")
         terminalreporter.write_line(f"total: {sum(FUZZ_INPUTS.values())}")
+
+
+def pytest_report_header() -> str:
+    # CI-visible: which Debian, containerd, runc and Python this run used.
+    from tests.e2e.containerd_versions import platform_summary
+
+    return platform_summary()

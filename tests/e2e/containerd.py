@@ -6,7 +6,8 @@ touches a system containerd. It runs under ``subreaper.py`` (next to this file),
 subreaper: shims that daemonize are re-parented to it and reaped, because PID 1 on the test
 machines does not reap orphans.
 
-Some things of containerd 1.6 live outside the base directory whatever its configuration says:
+Some things of containerd 1.6 and 1.7 live outside the base directory whatever its configuration
+says:
 
 * shim sockets, always in ``/run/containerd/s`` (the name is a SHA-256 of
   ``<grpc address>/<ns>/<id>``, so our names never collide with another containerd's);
@@ -225,7 +226,9 @@ class EventSubscription:
     * ``<namespace>`` and ``<topic>`` are the envelope's fields verbatim.
     * ``<event JSON>`` is the event decoded from its ``Any`` (looked up by type URL among the
       types ctr knows) and re-encoded with Go's ``encoding/json``: the Go field names (snake
-      case), zero values omitted, timestamps in RFC 3339 with trailing zeros dropped.
+      case), zero values omitted, timestamps in RFC 3339 with trailing zeros dropped (1.6; 1.7
+      prints them as ``{"seconds": N, "nanos": N}``: read them with
+      ``containerd_versions.parse_event_timestamp``).
     * An event whose type URL ctr cannot decode is *not printed at all*: ctr logs
       ``level=warning msg="cannot unmarshal an event from Any" error="type with url <url>: not
       found"`` on its stderr (kept in :attr:`stderr_path`) and skips it. That includes

@@ -1,11 +1,12 @@
-"""Our ttrpc client against a real containerd 1.6: events Forward on its .ttrpc socket, as a
-shim publishes them (spec §4.1). `ctr events` must show each event with its topic, namespace
-and payload; containerd's own refusals must come back as typed errors."""
+"""Our ttrpc client against a real containerd (1.6 or 1.7): events Forward on its .ttrpc
+socket, as a shim publishes them (spec §4.1). `ctr events` must show each event with its
+topic, namespace and payload; containerd's own refusals must come back as typed errors."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from pyshim.protos.containerd.events import task_pb2 as events_pb2
 from pyshim.protos.containerd.services.events.ttrpc.v1 import events_pb2 as forward_pb2
 from pyshim.ttrpc import Client, InvalidArgument
 from tests.e2e.containerd import PrivateContainerd, parse_event_line
+from tests.e2e.containerd_versions import containerd_behaviour, parse_event_timestamp
 
 EVENTS = "containerd.services.events.ttrpc.v1.Events"
 
@@ -50,10 +52,18 @@ def test_forwarded_exit_event_reaches_subscribers(containerd: PrivateContainerd)
                            forward_request("default", "/tasks/exit", exit_event)))
         line = events.wait_for_topic("/tasks/exit")
     assert line.namespace == "default"
+    # ctr prints the Timestamp as RFC 3339 on 1.6 and as {"seconds", "nanos"} on 1.7.
+    printed_exited_at = {
+        "rfc3339": "2023-11-14T22:13:20.12Z",
+        "object": {"seconds": 1700000000, "nanos": 120_000_000},
+    }[containerd_behaviour().event_timestamp_form]
     assert line.event == {
         "container_id": "c1", "id": "c1", "pid": 5678, "exit_status": 3,
-        "exited_at": "2023-11-14T22:13:20.12Z",
+        "exited_at": printed_exited_at,
     }
+    assert parse_event_timestamp(printed_exited_at) == datetime(
+        2023, 11, 14, 22, 13, 20, 120_000, tzinfo=UTC
+    )
 
 
 def test_many_concurrent_forwards_on_one_connection_all_arrive(
@@ -80,8 +90,6 @@ def test_many_concurrent_forwards_on_one_connection_all_arrive(
     [
         ("default", "/tasks/?", True, "topic"),
         ("not a namespace!", "/tasks/oom", True, "namespace"),
-        # Absent, not zero: containerd 1.6.20 takes Timestamp{0, 0} (1970) without complaint.
-        ("default", "/tasks/oom", False, "timestamp must be set"),
     ],
 )
 def test_containerd_refusals_come_back_as_invalid_argument(
@@ -96,6 +104,28 @@ def test_containerd_refusals_come_back_as_invalid_argument(
     with pytest.raises(InvalidArgument) as refused:
         uvloop.run(forward(str(containerd.ttrpc_address), request))
     assert reason in refused.value.message
+
+
+def test_forward_without_timestamp_is_refused_by_1_6_and_stamped_1970_by_1_7(
+    containerd: PrivateContainerd,
+) -> None:
+    # Absent, not zero: containerd 1.6.20 takes Timestamp{0, 0} (1970) without complaint, but
+    # refuses an envelope without one; 1.7 takes that too and publishes it as of 1970.
+    request = forward_request(
+        "default", "/tasks/oom", events_pb2.TaskOOM(container_id="c-unstamped"), stamped=False
+    )
+    if containerd_behaviour().refuses_unstamped_forward:
+        with pytest.raises(InvalidArgument) as refused:
+            uvloop.run(forward(str(containerd.ttrpc_address), request))
+        assert "timestamp must be set" in refused.value.message
+        return
+    with containerd.subscribe_events() as events:
+        uvloop.run(forward(str(containerd.ttrpc_address), request))
+        line = parse_event_line(events.wait_for(lambda text: '"c-unstamped"' in text))
+    assert (line.namespace, line.topic, line.event) == (
+        "default", "/tasks/oom", {"container_id": "c-unstamped"}
+    )
+    assert line.timestamp.startswith("1970-01-01 00:00:00 "), line.timestamp
 
 
 def test_client_sees_containerd_go_away(containerd: PrivateContainerd) -> None:
