@@ -1,11 +1,12 @@
 """Runtime options through a real containerd: an unknown key in a config file fails Create
 naming it, and the legacy containerd.linux.runc.CreateOptions (what containerd's Go client
 sends for WithShimCgroup / WithIOUid to any runtime but runc) is honoured as runc-v2 honours
-its own Options: the shim daemon joins shim_cgroup, io_uid/io_gid are used.
+its own Options: the shim daemon joins shim_cgroup, the container's stdio pipes belong to
+io_uid/io_gid.
 
 ctr cannot send CreateOptions, so the task is created through containerd's own gRPC Tasks
-API with a hand-encoded CreateTaskRequest (containerd_id = 1, options = 9), as the Go client
-does; the shim gets the options on `start`'s stdin and in its Create, from containerd.
+API with hand-encoded CreateTaskRequest / StartRequest messages, as the Go client does; the
+shim gets the options on `start`'s stdin and in its Create, from containerd.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from tests.e2e.conftest import (
     remove_container,
     shim_processes,
     unique_id,
+    wait_until,
 )
 from tests.e2e.containerd import CtrError, PrivateContainerd
 
-CREATE_TASK = "/containerd.services.tasks.v1.Tasks/Create"
+TASKS = "/containerd.services.tasks.v1.Tasks/"
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -49,14 +51,23 @@ def _field(number: int, payload: bytes) -> bytes:
     return bytes([key]) + bytes(varint) + payload
 
 
-def create_task(containerd: PrivateContainerd, container_id: str, options: any_pb2.Any) -> int:
-    """containerd Tasks.Create(container_id, options) over gRPC; returns the task's pid."""
-    request = _field(1, container_id.encode()) + _field(9, options.SerializeToString())
+def _call(containerd: PrivateContainerd, method: str, request: bytes) -> bytes:
     with grpc.insecure_channel(f"unix://{containerd.address}") as channel:
-        call = channel.unary_unary(CREATE_TASK, request_serializer=None,
+        call = channel.unary_unary(TASKS + method, request_serializer=None,
                                    response_deserializer=None)
         reply: bytes = call(request, metadata=(("containerd-namespace", "default"),),
                             timeout=60)
+    return reply
+
+
+def create_task(containerd: PrivateContainerd, container_id: str, options: any_pb2.Any,
+                stdout: str = "") -> int:
+    """containerd Tasks.Create(container_id, stdout = 5, options = 9) over gRPC; returns the
+    task's pid."""
+    request = _field(1, container_id.encode()) + _field(9, options.SerializeToString())
+    if stdout:
+        request += _field(5, stdout.encode())
+    reply = _call(containerd, "Create", request)
     pid = next(value for number, _, value in wire.fields(reply) if number == 2)
     assert isinstance(pid, int)
     return pid
@@ -81,15 +92,27 @@ def test_legacy_create_options_put_the_shim_in_shim_cgroup(
                 directory.mkdir(parents=True)
                 created.append(directory)
         assert created, "no cgroup hierarchy to make the shim cgroup in"
+        # (A script: ctr would take the words of `sh -c` for its own flags.)
+        report = busybox_rootfs / f"report-{cid}"
+        report.write_text("#!/bin/sh\nstat -L -c %u:%g /proc/self/fd/1\nexec sleep 1000\n")
+        report.chmod(0o755)
         shim_containerd.ctr("container", "create", "--runtime", PYSHIM_RUNTIME,
-                            "--rootfs", str(busybox_rootfs), cid, "/bin/sleep", "1000")
+                            "--rootfs", str(busybox_rootfs), cid, f"/{report.name}")
+        output = shim_containerd.base_dir / f"{cid}.out"
         options = any_pb2.Any(
             type_url="containerd.linux.runc.CreateOptions",
             value=runc_pb2.CreateOptions(shim_cgroup=f"/{relative}", io_uid=4242,
                                          io_gid=4243).SerializeToString(),
         )
-        pid = create_task(shim_containerd, cid, options)
+        pid = create_task(shim_containerd, cid, options, stdout=f"file://{output}")
         assert psutil.pid_exists(pid)
+        _call(shim_containerd, "Start", _field(1, cid.encode()))
+        # The shim makes the stdout pipe io_uid:io_gid's; runc's init then gives its stdio to
+        # the process's user (root here) and keeps the group (fixStdioPermissions), so the
+        # container sees 0:io_gid, as with runc-v2.
+        wait_until(lambda: output.exists() and output.read_text().endswith("\n"),
+                   what="the container's stdout")
+        assert output.read_text() == "0:4243\n"
         shims = shim_processes(shim_containerd)
         assert len(shims) == 1, [shim.cmdline() for shim in shims]
         shim_pid = shims[0].pid
