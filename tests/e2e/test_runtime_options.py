@@ -80,6 +80,8 @@ def _v1_cgroup_dirs(relative: str) -> list[Path]:
             if (path / "cgroup.procs").exists() or (path / "tasks").exists()]
 
 
+@pytest.mark.parametrize("forkserver", [True, False], indirect=True,
+                         ids=["forkserver-on", "forkserver-off"])
 def test_legacy_create_options_put_the_shim_in_shim_cgroup(
     shim_containerd: PrivateContainerd, busybox_rootfs: Path
 ) -> None:
