@@ -7,10 +7,12 @@ leaves no runc state, cgroup or temporary file (assert_clean).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from tests.e2e.containerd import SUBREAPER
 from tests.e2e.test_run import (
     RUN_TIMEOUT,
     PyshimRun,
+    _kill_below,
     assert_clean,
     pyshim_command,
     rootfs,  # noqa: F401  (fixture)
@@ -81,6 +84,21 @@ class PtyRun:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    def abort(self) -> None:
+        """A failed test's clean-up: SIGTERM twice through the wrapper (pyshim run forwards
+        the first, kills the container on the second, then deletes it), SIGKILL below the
+        wrapper by PID only if that did not end it."""
+        for _ in range(2):
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+                break
+        if self.process.poll() is None:
+            _kill_below(self.process.pid)
+            self.process.wait(timeout=RUN_TIMEOUT)
+        os.close(self.slave)
+        os.close(self.master)
+
     def finish(self) -> int:
         """The wrapper's exit status, once every process below it is gone; then clean-up
         checks, and our terminal's settings as before the run."""
@@ -114,8 +132,7 @@ def test_run_t_gives_our_size_and_follows_resizes(
             run._read(0.5)
         run.type("q\n")
     except BaseException:
-        run.process.kill()
-        run.process.wait(timeout=RUN_TIMEOUT)
+        run.abort()
         raise
     assert run.finish() == 7, run.output
 
@@ -132,8 +149,7 @@ def test_run_t_passes_keystrokes_raw(tmp_path: Path, rootfs: Path) -> None:  # n
         run.type("abc")
         run.wait_for("XYZ")
     except BaseException:
-        run.process.kill()
-        run.process.wait(timeout=RUN_TIMEOUT)
+        run.abort()
         raise
     assert run.finish() == 5, run.output
 
@@ -158,8 +174,7 @@ def test_a_default_runc_spec_bundle_runs_with_its_terminal(
         run.wait_for("hi-42")
         run.type("exit 3\n")
     except BaseException:
-        run.process.kill()
-        run.process.wait(timeout=RUN_TIMEOUT)
+        run.abort()
         raise
     assert run.finish() == 3, run.output
     assert sorted(path.name for path in bundle.iterdir()) == ["config.json"]
