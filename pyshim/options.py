@@ -1,4 +1,5 @@
-"""Runtime options (spec §1.9): runc Options, runtimeoptions.v1.Options, or none.
+"""Runtime options (spec §1.9): runc Options, runtimeoptions.v1.Options, containerd's legacy
+containerd.linux.runc CreateOptions/RuncOptions, or none.
 
 Owns decoding the options Any, the pyshim config file it may point to, and the options.json /
 runtime files that let `delete` find runc without the daemon. Raises InvalidOptions for what
@@ -28,6 +29,8 @@ class InvalidOptions(ValueError):
 RUNC_OPTIONS = "containerd.runc.v1.Options"
 RUNTIME_OPTIONS = "runtimeoptions.v1.Options"
 LEGACY_RUNC_OPTIONS = "containerd.linux.runc.RuncOptions"
+LEGACY_CREATE_OPTIONS = "containerd.linux.runc.CreateOptions"
+UNDERSTOOD_TYPES = (RUNC_OPTIONS, RUNTIME_OPTIONS, LEGACY_CREATE_OPTIONS, LEGACY_RUNC_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +73,22 @@ class RuncOptions:
         return json.dumps({key: value for key, value in asdict(self).items() if value})
 
     @classmethod
+    def accepted_keys(cls) -> list[str]:
+        return [field.name for field in fields(cls)]
+
+    @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str) -> RuncOptions:
-        known = {field.name: field for field in fields(cls)}
+        """Keys in snake_case or Go's spelling (BinaryName, Root); an unknown key is refused,
+        so that a misspelt `binary = "…"` does not silently run the default runc."""
+        known = set(cls.accepted_keys())
         values: dict[str, Any] = {}
         for key, value in data.items():
             name = _snake(key)
             if name not in known:
-                continue  # fields of newer containerd versions (task_api_address, …)
+                raise InvalidOptions(
+                    f"{source}: unknown option {key!r} (accepted: {', '.join(sorted(known))}; "
+                    "Go spellings such as BinaryName work too)"
+                )
             expected = type(getattr(cls(), name))
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -123,6 +135,28 @@ def decode(type_url: str, value: bytes) -> RuncOptions:
             criu_image_path=message.criu_image_path,
             criu_work_path=message.criu_work_path,
         )
+    if name == LEGACY_CREATE_OPTIONS:
+        from pyshim.protos.containerd.linux.runc import runc_pb2
+
+        create = runc_pb2.CreateOptions.FromString(value)
+        # The fields runc-v2's own Options share (the rest only matter for a restore).
+        return RuncOptions(
+            no_pivot_root=create.no_pivot_root,
+            no_new_keyring=create.no_new_keyring,
+            shim_cgroup=create.shim_cgroup,
+            io_uid=create.io_uid,
+            io_gid=create.io_gid,
+            criu_image_path=create.criu_image_path,
+            criu_work_path=create.criu_work_path,
+        )
+    if name == LEGACY_RUNC_OPTIONS:
+        from pyshim.protos.containerd.linux.runc import runc_pb2
+
+        legacy = runc_pb2.RuncOptions.FromString(value)
+        return RuncOptions(
+            binary_name=legacy.runtime, root=legacy.runtime_root,
+            criu_path=legacy.criu_path, systemd_cgroup=legacy.systemd_cgroup,
+        )
     if name == RUNTIME_OPTIONS:
         from pyshim.protos.runtimeoptions.v1 import api_pb2
 
@@ -133,8 +167,8 @@ def decode(type_url: str, value: bytes) -> RuncOptions:
             return load_config_file(runtime_options.config_path)
         return RuncOptions()
     raise InvalidOptions(
-        f"unsupported runtime options type {type_url!r} (pyshim understands {RUNC_OPTIONS} "
-        f"and {RUNTIME_OPTIONS})"
+        f"unsupported runtime options type {type_url!r} (pyshim understands "
+        f"{', '.join(UNDERSTOOD_TYPES)})"
     )
 
 

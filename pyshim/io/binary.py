@@ -1,7 +1,8 @@
 """`binary://` stdio: a logging binary of the user's reads the container's output (spec §6.4).
 
-Owns the logger process (started before runc with fds 3, 4, 5; ready when it closes fd 5;
-SIGTERM then SIGKILL at delete) and the pipes it reads. The bytes never pass through us,
+Owns the logger process (started before runc with fds 3, 4, 5, in a session of its own; ready
+when it closes fd 5; SIGTERM then SIGKILL at delete, the SIGKILL to its whole process group)
+and the pipes it reads. The bytes never pass through us,
 except a terminal's, which we relay into the logger's stdout pipe.
 """
 
@@ -94,6 +95,9 @@ class BinaryLoggerIO(ProcessIO):
                     self._argv, env=self._environment, cwd=self._cwd,
                     fd_map={3: self._pipes["stdout"][0], 4: self._pipes["stderr"][0],
                             5: ready_write},
+                    # Its own session and group: a logger killed for never getting ready
+                    # takes its children along (killpg), not only itself.
+                    new_session=True,
                 )
             except OSError as error:
                 raise UnsupportedStdio(
@@ -133,6 +137,7 @@ class BinaryLoggerIO(ProcessIO):
             async with asyncio.timeout(self._ready_timeout):
                 await end_of_file
         except TimeoutError:
+            self._kill_group()
             await self._stop_logger(0, term_timeout=0)
             raise StdioTimeout(
                 f"logging binary {self._argv[0]} did not signal ready (close fd 5) within "
@@ -190,7 +195,9 @@ class BinaryLoggerIO(ProcessIO):
                                 (signal.SIGKILL, None)):
             if exited.done():
                 break
-            if signum is not None:
+            if signum == signal.SIGKILL:
+                self._kill_group()
+            elif signum is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
             with contextlib.suppress(TimeoutError):
@@ -200,6 +207,13 @@ class BinaryLoggerIO(ProcessIO):
         if status != 0:
             log.warning("%s: logging binary %s exited with status %d",
                         self._name, self._argv[0], status)
+
+    def _kill_group(self) -> None:
+        """SIGKILL to the logger's process group (pgid = its pid, while it or any member of
+        its group lives; its pid cannot be reused for a group before the group is empty)."""
+        if self._logger_pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._logger_pid, signal.SIGKILL)
 
     def _take(self, stream: str, end: int) -> int:
         fd = self._pipes[stream][end]

@@ -68,12 +68,18 @@ def own_listener(socket_path: str) -> bool:
     return True
 
 
+#: Where each options type keeps shim_cgroup: runc Options field 3; the legacy CreateOptions
+#: (containerd's Go client sends it for WithShimCgroup to runtimes other than runc) field 9.
+SHIM_CGROUP_FIELD = {"containerd.runc.v1.Options": 3, "containerd.linux.runc.CreateOptions": 9}
+
+
 def _join_shim_cgroup(options: tuple[str, bytes]) -> None:
-    """runc Options.shim_cgroup (field 3): move the daemon there, as runc-v2 does (§1.4)."""
+    """The options' shim_cgroup: move the daemon there, as runc-v2 does (§1.4)."""
     type_url, value = options
-    if type_url.rsplit("/", 1)[-1] != "containerd.runc.v1.Options":
+    field = SHIM_CGROUP_FIELD.get(type_url.rsplit("/", 1)[-1])
+    if field is None:
         return
-    cgroup = wire.strings(value).get(3, "").strip("/")
+    cgroup = wire.strings(value).get(field, "").strip("/")
     if not cgroup:
         return
     candidates = [os.path.join("/sys/fs/cgroup", cgroup, "cgroup.procs")]

@@ -653,7 +653,7 @@ def write_spec(path: Path, spec: dict[str, Any]) -> Path:
 
 def ctr_argv(containerd: PrivateContainerd, *args: str, namespace: str = "default") -> list[str]:
     """The argv :meth:`PrivateContainerd.ctr` runs, for commands started in the background."""
-    return ["ctr", "--address", str(containerd.address), "--namespace", namespace, *args]
+    return containerd.ctr_argv(*args, namespace=namespace)
 
 
 class BackgroundCtr:

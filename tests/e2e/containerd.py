@@ -14,7 +14,10 @@ says:
 * runc's state of containers started by ``containerd-shim-runc-v2``, in
   ``/run/containerd/runc/<ns>/<id>``, and the cgroups runc creates for them (``/<ns>/<id>`` in
   every hierarchy with ``ctr``; the ``/<ns>`` parents are left behind even by a clean delete);
-* the stdio FIFOs ``ctr`` creates for a task, in ``/run/containerd/fifo/<random>/``.
+* the stdio FIFOs ``ctr`` creates for a task, in ``/run/containerd/fifo/<random>/`` unless
+  given ``--fifo-dir``: :meth:`PrivateContainerd.ctr` (and ``ctr_argv``) pass
+  ``--fifo-dir <base_dir>/fifo`` to ``run``, ``task start`` and ``task exec``, so that those of
+  ``ctr run -d`` (which ctr never removes) go with the base directory.
 
 :meth:`PrivateContainerd.stop` kills every process of the tree, cleans up those (only what this
 containerd made, see there), unmounts everything below the base directory and removes it.
@@ -41,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -369,13 +372,30 @@ def make_busybox_rootfs(directory: Path, busybox: str = "/bin/busybox") -> Path:
     return directory
 
 
-def fifo_dirs_open_by(processes: Iterable[psutil.Process]) -> set[Path]:
-    """Directories below :data:`CTR_FIFO_DIR` holding FIFOs that these processes have open.
+#: ctr subcommands that create stdio FIFOs (and so take ``--fifo-dir``), with their aliases.
+FIFO_SUBCOMMANDS = frozenset({("run",), *((task, verb) for task in ("task", "tasks", "t")
+                                          for verb in ("start", "exec"))})
+
+
+def with_fifo_dir(args: Sequence[str], fifo_dir: Path) -> list[str]:
+    """ctr ``args`` with ``--fifo-dir fifo_dir`` after the subcommand if it makes FIFOs."""
+    words = list(args)
+    for length in (1, 2):
+        if tuple(words[:length]) in FIFO_SUBCOMMANDS:
+            return [*words[:length], "--fifo-dir", str(fifo_dir), *words[length:]]
+    return words
+
+
+def fifo_dirs_open_by(
+    processes: Iterable[psutil.Process], root: Path = CTR_FIFO_DIR
+) -> set[Path]:
+    """Directories below ``root`` (ctr's default :data:`CTR_FIFO_DIR`) holding FIFOs that these
+    processes have open.
 
     A shim keeps its task's stdio FIFOs open, so this finds the FIFO directories of tasks that
     a test left behind (ctr removes them itself when the task is deleted normally).
     """
-    prefix = str(CTR_FIFO_DIR) + "/"
+    prefix = str(root) + "/"
     found: set[Path] = set()
     for process in processes:
         fd_dir = f"/proc/{process.pid}/fd"
@@ -389,7 +409,7 @@ def fifo_dirs_open_by(processes: Iterable[psutil.Process]) -> set[Path]:
             except OSError:
                 continue
             if target.startswith(prefix):
-                found.add(CTR_FIFO_DIR / target[len(prefix) :].split("/", 1)[0])
+                found.add(root / target[len(prefix) :].split("/", 1)[0])
     return found
 
 
@@ -422,6 +442,7 @@ class PrivateContainerd:
     * ``root``: ``base_dir/root``; ``state``: ``base_dir/state``;
     * ``address`` (gRPC): ``base_dir/containerd.sock``; ``ttrpc_address``: ``address + ".ttrpc"``
       (containerd's default naming, and what shims get in ``TTRPC_ADDRESS``);
+    * ``fifo_dir``: ``base_dir/fifo``, the ``--fifo-dir`` of :meth:`ctr`'s FIFO-making commands;
     * ``config_path``: ``base_dir/config.toml``; ``log_path``: ``base_dir/containerd.log``
       (containerd's stdout and stderr, and the subreaper's messages);
     * the ``opt`` plugin's directory ``base_dir/opt`` (its default is ``/opt/containerd``).
@@ -456,6 +477,7 @@ class PrivateContainerd:
         self.ttrpc_address = self.base_dir / "containerd.sock.ttrpc"
         self.config_path = self.base_dir / "config.toml"
         self.log_path = self.base_dir / "containerd.log"
+        self.fifo_dir = self.base_dir / "fifo"
         self.extra_config = extra_config
         self.disabled_plugins = tuple(disabled_plugins)
         self.env = dict(env or {})
@@ -873,7 +895,7 @@ class PrivateContainerd:
         With ``check`` a non-zero exit status raises :class:`CtrError` (which shows stdout and
         stderr); a timeout always raises it (ctr is killed first).
         """
-        argv = ["ctr", "--address", str(self.address), "--namespace", namespace, *args]
+        argv = self.ctr_argv(*args, namespace=namespace)
         try:
             result = subprocess.run(
                 argv,
@@ -897,6 +919,12 @@ class PrivateContainerd:
                 f"exit status {result.returncode}",
             )
         return result
+
+    def ctr_argv(self, *args: str, namespace: str = "default") -> list[str]:
+        """``ctr --address <sock> --namespace <namespace> ARGS...``, with ``--fifo-dir``
+        :attr:`fifo_dir` for the subcommands that make FIFOs (see :func:`with_fifo_dir`)."""
+        return ["ctr", "--address", str(self.address), "--namespace", namespace,
+                *with_fifo_dir(args, self.fifo_dir)]
 
     def subscribe_events(self, timeout: float = 20.0) -> EventSubscription:
         """Start ``ctr events`` and return once it is subscribed (see :class:`EventSubscription`).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from tests.e2e.containerd import (
     make_busybox_rootfs,
     mounts_under,
     parse_event_line,
+    with_fifo_dir,
 )
 from tests.e2e.containerd_versions import (
     SUPPORTED_RELEASES,
@@ -50,6 +52,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def gone(process: psutil.Process) -> bool:
     """True once ``process`` no longer exists at all (a zombie still exists)."""
     return not process.is_running()
+
+
+def dead(process: psutil.Process) -> bool:
+    """True once ``process`` has exited (a zombie, or reaped)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture
@@ -217,8 +227,8 @@ def test_stop_cleans_up_a_running_container(containerd: PrivateContainerd) -> No
     container = shim.children()[0]
     socket_path = containerd.shim_socket_path("default", "e2e-left-behind")
     assert socket_path.is_socket()
-    (fifo_dir,) = fifo_dirs_open_by([shim])
-    assert fifo_dir.parent == CTR_FIFO_DIR
+    (fifo_dir,) = fifo_dirs_open_by([shim], containerd.fifo_dir)
+    assert not fifo_dirs_open_by([shim])  # nothing in ctr's shared /run/containerd/fifo
     runc_state = DEFAULT_RUNC_ROOT / "default" / "e2e-left-behind"
     assert (runc_state / "state.json").exists()
 
@@ -230,6 +240,29 @@ def test_stop_cleans_up_a_running_container(containerd: PrivateContainerd) -> No
     assert not socket_path.exists()
     assert not fifo_dir.exists()
     assert not containerd.base_dir.exists()
+
+
+def test_ctr_fifos_stay_below_base_dir(containerd: PrivateContainerd) -> None:
+    """The harness gives ctr ``--fifo-dir <base_dir>/fifo``: a task whose FIFOs nobody removes
+    (its shim killed, so no ``ctr task rm`` deletes them) leaves nothing in ctr's shared
+    /run/containerd/fifo (one directory per such test container before), and stop() removes
+    them with base_dir."""
+    need_runc_and_busybox()
+    assert with_fifo_dir(["task", "exec", "--exec-id", "e", "c", "sh"], Path("/f")) == [
+        "task", "exec", "--fifo-dir", "/f", "--exec-id", "e", "c", "sh"]
+    assert with_fifo_dir(["run", "-d"], Path("/f")) == ["run", "--fifo-dir", "/f", "-d"]
+    assert with_fifo_dir(["task", "ls"], Path("/f")) == ["task", "ls"]
+    container_id = f"e2e-fifo-{secrets.token_hex(4)}"
+    shim = run_detached_container(containerd, container_id)
+    (fifo_dir,) = fifo_dirs_open_by([shim], containerd.fifo_dir)
+    assert sorted(path.name for path in fifo_dir.iterdir()) == [
+        f"{container_id}-{stream}" for stream in ("stderr", "stdin", "stdout")]
+    shim.kill()
+    # Dead (a zombie holds no fd): stop() can no longer find its FIFOs through the shim.
+    wait_until(lambda: dead(shim))
+    containerd.stop()
+    assert not containerd.base_dir.exists()
+    assert not list(CTR_FIFO_DIR.glob(f"*/{container_id}-*"))
 
 
 def test_shims_survive_a_daemon_restart_and_stop_reaps_both_trees(

@@ -303,6 +303,56 @@ def test_log_uri_binary_that_never_signals_ready_fails_the_create(
     assert_no_leftovers(shim_containerd, [cid])
 
 
+#: Never signals ready either, and has a child of its own (which also holds fd 5).
+STUCK_LOGGER_WITH_CHILD = """#!/bin/sh
+out=$(dirname "$0")
+echo $$ > "$out/pid"
+sleep 1000 &
+echo $! > "$out/child"
+exec sleep 1000
+"""
+
+
+def test_a_logger_that_never_gets_ready_is_killed_with_its_children(
+    shim_containerd: PrivateContainerd, runtime: str, busybox_rootfs: Path
+) -> None:
+    """The logger runs in a session of its own; giving up on it kills its whole process
+    group, so a child it started does not keep running (it did before: only the logger's
+    own pid was signalled)."""
+    if not is_pyshim(runtime):
+        pytest.skip("runc-v2 waits forever for such a logger (spec §6.4)")
+    cid = unique_id("stuck-kids")
+    output = shim_containerd.base_dir / f"logger-{cid}"
+    logger = write_logger(output, STUCK_LOGGER_WITH_CHILD)
+    child_pid: int | None = None
+    try:
+        result = shim_containerd.ctr(
+            "run", "--rm", "--log-uri", f"binary://{logger}",
+            *run_args(runtime, busybox_rootfs), cid, "/bin/true", check=False,
+        )
+        assert result.returncode != 0
+        assert "did not signal ready" in result.stderr, result.stderr
+        logger_pid = int((output / "pid").read_text())
+        child_pid = int((output / "child").read_text())
+        wait_until(lambda: not _running(logger_pid), what=f"logger {logger_pid} gone")
+        child = child_pid
+        wait_until(lambda: not _running(child), what=f"the logger's child {child} gone")
+    finally:
+        if child_pid is not None and _running(child_pid):
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(child_pid).name() == "sleep":
+                    psutil.Process(child_pid).kill()
+        shim_containerd.ctr("container", "delete", cid, check=False)
+    assert_no_leftovers(shim_containerd, [cid])
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_log_uri_binary_missing_is_a_clear_error(
     shim_containerd: PrivateContainerd, runtime: str, busybox_rootfs: Path
 ) -> None:
