@@ -149,7 +149,20 @@ def test_image_and_rootfs_refuse_bad_usage(args: list[str]) -> None:
         assert b"usage: pyshim image busybox" in result.stdout + result.stderr
 
 
-def test_bin_names_are_one_launcher() -> None:
-    launcher = (BIN / "pyshim").resolve()
+def test_the_other_names_source_the_one_launcher() -> None:
     for name in ("containerd-shim-pyshim-v1", "pyshim-conmon"):
-        assert (BIN / name).resolve() == launcher
+        assert '. "${pyshim_self%/*}/pyshim"' in (BIN / name).read_text(), name
+
+
+def test_launcher_through_a_symlink_elsewhere(tmp_path: Path) -> None:
+    """As scripts/setup links them into /usr/local/bin: each name still answers as itself."""
+    for name in ("pyshim", "containerd-shim-pyshim-v1", "pyshim-conmon"):
+        (tmp_path / name).symlink_to(BIN / name)
+    answers = {name: subprocess.run([str(tmp_path / name), *args], capture_output=True,
+                                    text=True, timeout=60, check=True, cwd=tmp_path).stdout
+               for name, args in (("pyshim", ["--version"]),
+                                  ("containerd-shim-pyshim-v1", ["-v"]),
+                                  ("pyshim-conmon", ["--version"]))}
+    assert answers["pyshim"].startswith("pyshim ")
+    assert answers["containerd-shim-pyshim-v1"].startswith(f"{RUNTIME_NAME}:\n  Version: ")
+    assert answers["pyshim-conmon"].startswith("conmon version ")
