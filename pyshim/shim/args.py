@@ -11,18 +11,19 @@ _STRING_FLAGS = {
 }
 _BOOL_FLAGS = {"debug", "v", "version", "info", "h", "help"}
 
-#: containerd's shim flag set (pkg/shim, as `containerd-shim-runc-v2 -h` prints it):
+#: containerd's shim flag set (pkg/shim's parseFlags, as `containerd-shim-runc-v2 -h` prints it):
 #: name -> (Go type word, or "" for a boolean; usage).
 FLAG_USAGE = {
     "address": ("string", "grpc address back to main containerd"),
     "bundle": ("string", "path to the bundle if not workdir"),
     "debug": ("", "enable debug output in logs"),
+    "debug-socket": ("string", "debug socket path to serve"),
     "id": ("string", "id of the task"),
     "info": ("", "get the option protobuf from stdin, print the shim info protobuf to stdout, "
                  "and exit"),
     "namespace": ("string", "namespace that owns the shim"),
-    "publish-binary": ("string", 'path to publish binary (used for publishing events) '
-                                 '(default "containerd")'),
+    # pyshim publishes over TTRPC_ADDRESS (as containerd 2.x's shims do): carried, not run.
+    "publish-binary": ("string", "path to publish binary (used for publishing events)"),
     "socket": ("string", "socket path to serve"),
     "v": ("", "show the shim version and exit"),
 }

@@ -19,8 +19,8 @@ from pyshim.shim.args import FLAG_USAGE, parse
 
 BIN = Path(__file__).resolve().parents[2] / "bin"
 RUNTIME_NAME = "io.containerd.pyshim.v1"
-GO_SHIM_FLAGS = ("address", "bundle", "debug", "id", "info", "namespace", "publish-binary",
-                 "socket", "v")
+GO_SHIM_FLAGS = ("address", "bundle", "debug", "debug-socket", "id", "info", "namespace",
+                 "publish-binary", "socket", "v")
 
 
 def run(command: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
