@@ -43,13 +43,13 @@ async def first_reply(address: str) -> int:
     return int(reply.shim_pid)
 
 
-def one_round(base: Path, index: int) -> tuple[float, float]:
+def one_round(base: Path, index: int, shim: str = SHIM) -> tuple[float, float]:
     bundle = base / f"bundle-{index}"
     bundle.mkdir()
     (bundle / "config.json").write_text("{}")
     started = time.perf_counter()
     address = subprocess.run(
-        [SHIM, "-namespace", "bench", "-address", str(base / "containerd.sock"),
+        [shim, "-namespace", "bench", "-address", str(base / "containerd.sock"),
          "-id", f"b{index}", "start"],
         cwd=bundle, stdin=subprocess.DEVNULL, capture_output=True, check=True,
     ).stdout.decode()

@@ -1,16 +1,21 @@
 """Command-line entry points; each front end is imported only when chosen, so `start`,
 `delete` and `--version` stay lean.
 
-* `containerd-shim-pyshim-v1 [flags] start|delete` (and `-info`, `-v`): `shim_main`;
-* `pyshim run …`, `pyshim shim …`, `pyshim --version`: `main`.
+* `containerd-shim-pyshim-v1 [flags] start|delete` (and `-info`, `-v`, `-h`): `shim_main`;
+* `pyshim COMMAND …`: `main`, dispatching through :data:`COMMANDS` (one line per command,
+  which is also what `pyshim --help` lists).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pyshim import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 RUNTIME_NAME = "io.containerd.pyshim.v1"
 
@@ -24,13 +29,20 @@ def shim_main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"{RUNTIME_NAME}: {error}", file=sys.stderr)
         return 2
+    if args.help:
+        from pyshim.shim.args import usage
+
+        # As Go's flag package does for -h: the usage on stderr, exit status 0.
+        print(usage("containerd-shim-pyshim-v1"), file=sys.stderr)
+        return 0
     if args.version:
         print(f"{RUNTIME_NAME}:\n  Version: {__version__}\n  Python: {sys.version.split()[0]}")
         return 0
     if args.info:
         from pyshim.shim.info import info
 
-        return info(sys.stdin.buffer.read())
+        # A terminal gets the readable form (`pyshim info`), a pipe the protobuf.
+        return info(_read_stdin(), readable=os.isatty(1))
     if not args.namespace:
         print(f"{RUNTIME_NAME}: shim namespace cannot be empty", file=sys.stderr)
         return 1
@@ -90,24 +102,59 @@ def _serve_foreground(args: object) -> int:
     return serve(config, socket.socket(fileno=listener.detach()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`pyshim`: run (foreground container, demo), shim (the containerd shim), --version."""
-    words = sys.argv[1:] if argv is None else argv
-    if words and words[0] in ("--version", "-V", "version"):
-        print(f"pyshim {__version__}")
-        return 0
-    if words and words[0] == "shim":
-        return shim_main(words[1:])
-    if not words or words[0] == "run":
-        from pyshim.run import run_main
+#: `pyshim` commands: (name, one-line summary for `pyshim --help`, "module:function" taking
+#: the words after the command). Add a command by appending one line.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("run", "run one container in the foreground, without containerd (run --help)",
+     "pyshim.run:run_main"),
+    ("image", "make a busybox image archive for `ctr images import` (image --help)",
+     "pyshim.image:image_main"),
+    ("rootfs", "make a busybox rootfs directory for `ctr run --rootfs` (rootfs --help)",
+     "pyshim.image:rootfs_main"),
+    ("info", "what containerd-shim-pyshim-v1 -info reports, readably",
+     "pyshim.shim.info:info_main"),
+    ("version", "print pyshim's version", "pyshim.main:version_main"),
+]
 
-        return run_main(words[1:])
+HELP_FOOTER = f"""\
+Without a command, `pyshim` runs the busybox demo container (as ./scripts/demo does).
+
+containerd runs the shim as `containerd-shim-pyshim-v1` (runtime {RUNTIME_NAME}; its flags:
+containerd-shim-pyshim-v1 --help); podman and CRI-O run `pyshim-conmon`.
+Read more: README.md ("Use it with containerd"), docs/ and shared/spec/ in the source tree."""
+
+
+def help_text() -> str:
+    width = max(len(name) for name, _, _ in COMMANDS)
+    lines = [f"usage: pyshim COMMAND [ARGS...]\n\npyshim {__version__}: a containerd shim and "
+             "container monitor in Python.\n\nCommands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, summary, _ in COMMANDS]
+    return "\n".join(lines) + "\n\n" + HELP_FOOTER
+
+
+def version_main(argv: list[str]) -> int:
+    print(f"pyshim {__version__}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`pyshim COMMAND …` (see :data:`COMMANDS`); no command runs the demo."""
+    words = sys.argv[1:] if argv is None else argv
+    if not words:
+        words = ["run"]
     if words[0] in ("-h", "--help", "help"):
-        print(__doc__)
-        print("usage: pyshim run [--bundle DIR | --rootfs DIR -- CMD…] | pyshim shim … | "
-              "pyshim --version")
+        print(help_text())
         return 0
-    print(f"pyshim: unknown command {words[0]!r} (try: pyshim run, pyshim --version)",
+    if words[0] in ("--version", "-V"):
+        return version_main(words[1:])
+    for name, _, target in COMMANDS:
+        if words[0] == name:
+            from importlib import import_module
+
+            module, function = target.split(":")
+            handler: Callable[[list[str]], int] = getattr(import_module(module), function)
+            return handler(words[1:])
+    print(f"pyshim: unknown command {words[0]!r} (pyshim --help lists the commands)",
           file=sys.stderr)
     return 2
 

@@ -9,7 +9,43 @@ from __future__ import annotations
 _STRING_FLAGS = {
     "namespace", "id", "address", "publish-binary", "bundle", "socket", "debug-socket",
 }
-_BOOL_FLAGS = {"debug", "v", "version", "info"}
+_BOOL_FLAGS = {"debug", "v", "version", "info", "h", "help"}
+
+#: containerd's shim flag set (pkg/shim's parseFlags, as `containerd-shim-runc-v2 -h` prints it):
+#: name -> (Go type word, or "" for a boolean; usage).
+FLAG_USAGE = {
+    "address": ("string", "grpc address back to main containerd"),
+    "bundle": ("string", "path to the bundle if not workdir"),
+    "debug": ("", "enable debug output in logs"),
+    "debug-socket": ("string", "debug socket path to serve"),
+    "id": ("string", "id of the task"),
+    "info": ("", "get the option protobuf from stdin, print the shim info protobuf to stdout, "
+                 "and exit"),
+    "namespace": ("string", "namespace that owns the shim"),
+    # pyshim publishes over TTRPC_ADDRESS (as containerd 2.x's shims do): carried, not run.
+    "publish-binary": ("string", "path to publish binary (used for publishing events)"),
+    "socket": ("string", "socket path to serve"),
+    "v": ("", "show the shim version and exit"),
+}
+
+ACTIONS = (
+    ("start", "start a shim daemon for the task (or join its group's), print its address"),
+    ("delete", "clean up after a task whose shim is gone; print its exit status"),
+)
+
+
+def usage(program: str) -> str:
+    """What Go's flag package prints for -h, plus the actions."""
+    lines = [f"Usage of {program}:"]
+    for name, (kind, text) in sorted(FLAG_USAGE.items()):
+        if not kind and len(name) == 1:
+            lines.append(f"  -{name}\t{text}")
+        else:
+            lines.append(f"  -{name}{' ' + kind if kind else ''}\n    \t{text}")
+    lines.append(f"\nusage: {program} [flags] start|delete")
+    lines += [f"  {name:<7} {text}" for name, text in ACTIONS]
+    lines.append("With -info or -v no action is needed. `pyshim info` prints -info readably.")
+    return "\n".join(lines)
 
 
 class UsageError(ValueError):
@@ -19,7 +55,7 @@ class UsageError(ValueError):
 class ShimArgs:
     """The parsed flags (a plain class: dataclasses would cost `start` ~10 ms of imports)."""
 
-    __slots__ = ("action", "address", "bundle", "debug", "id", "info", "namespace",
+    __slots__ = ("action", "address", "bundle", "debug", "help", "id", "info", "namespace",
                  "publish_binary", "socket", "version")
 
     def __init__(
@@ -34,8 +70,10 @@ class ShimArgs:
         debug: bool = False,
         version: bool = False,
         info: bool = False,
+        help: bool = False,
         action: str = "",
     ) -> None:
+        self.help = help
         self.namespace = namespace
         self.id = id
         self.address = address
@@ -88,5 +126,6 @@ def parse(argv: list[str]) -> ShimArgs:
         debug=bool(values.get("debug", False)),
         version=bool(values.get("v", False) or values.get("version", False)),
         info=bool(values.get("info", False)),
+        help=bool(values.get("h", False) or values.get("help", False)),
         action=rest[0] if rest else "",
     )

@@ -16,7 +16,8 @@ from pyshim.shim.start import RUNTIME_NAME
 FEATURES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
 
 
-def info(stdin: bytes) -> int:
+def info(stdin: bytes, *, readable: bool = False) -> int:
+    """`-info`: the RuntimeInfo protobuf on stdout (``readable``: as `pyshim info` prints it)."""
     from google.protobuf import any_pb2
 
     from pyshim.bundle import DEFAULT_BINARY
@@ -44,6 +45,39 @@ def info(stdin: bytes) -> int:
     if features:
         reply.features.type_url = FEATURES_TYPE_URL
         reply.features.value = features
+    if readable:
+        print(describe(reply))
+        return 0
     sys.stdout.buffer.write(reply.SerializeToString())
     sys.stdout.buffer.flush()
     return 0
+
+
+def describe(reply: introspection_pb2.RuntimeInfo) -> str:
+    """RuntimeInfo for people: name, version, options, and the OCI runtime's features JSON."""
+    import json
+
+    lines = [f"name: {reply.name}", f"version: {reply.version.version}"]
+    if reply.version.revision:
+        lines.append(f"revision: {reply.version.revision}")
+    lines.append(f"options: {reply.options.type_url or '(none given)'}")
+    if reply.HasField("features"):
+        lines.append(f"features ({reply.features.type_url}):")
+        try:
+            text = json.dumps(json.loads(reply.features.value), indent=2, sort_keys=True)
+        except ValueError:
+            text = repr(reply.features.value)
+        lines += ["  " + line for line in text.splitlines()]
+    else:
+        lines.append("features: (the OCI runtime reported none)")
+    return "\n".join(lines)
+
+
+def info_main(argv: list[str]) -> int:
+    """`pyshim info`: what `containerd-shim-pyshim-v1 -info` reports, readably (no options
+    are read: the defaults, i.e. runc)."""
+    if argv:
+        print("usage: pyshim info\n  what containerd-shim-pyshim-v1 -info reports, readably",
+              file=sys.stderr if argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv[0] in ("-h", "--help") else 2
+    return info(b"", readable=True)

@@ -3,7 +3,7 @@ drives it, with the runtime handler that ``deploy/containerd/pyshim-runtime.toml
 
 One private containerd for the module, with CRI enabled (the harness disables it by default)
 and a ``config.toml`` made of a few test-only settings plus the deploy snippet, verbatim. No
-registry is reachable, so a busybox OCI image is built (``tests/e2e/cri/image.py``) and
+registry is reachable, so a busybox OCI image is built (``pyshim/image.py``) and
 imported twice into the ``k8s.io`` namespace: as the sandbox (pause) image, whose command
 sleeps forever, and under the image name of ``deploy/kubernetes/pod.yaml``. The pod and
 container configs are made from that pod.yaml (``tests/e2e/cri/kube.py``). The pod uses the
@@ -38,6 +38,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pyshim.image import ImageArchive, build_image_archive
 from tests.e2e.conftest import (
     BUSYBOX,
     FORKSERVER_MARKER,
@@ -68,7 +69,6 @@ from tests.e2e.containerd import (
 from tests.e2e.cri import api_pb2 as api
 from tests.e2e.cri import kube
 from tests.e2e.cri.client import CriClient, rpc_code_name, rpc_error_text
-from tests.e2e.cri.image import ImageArchive, build_image_archive
 
 #: containerd's namespace for everything CRI does.
 K8S_NAMESPACE = "k8s.io"

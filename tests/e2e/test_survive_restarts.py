@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pyshim.image import build_image_archive
 from tests import cri_log_reader
 from tests.e2e.conftest import (
     BUSYBOX,
@@ -54,7 +55,6 @@ from tests.e2e.containerd import (
 from tests.e2e.cri import api_pb2 as api
 from tests.e2e.cri import kube
 from tests.e2e.cri.client import CriClient, rpc_error_text
-from tests.e2e.cri.image import build_image_archive
 from tests.e2e.test_cri import (
     K8S_NAMESPACE,
     PAUSE_COMMAND,

@@ -1,5 +1,5 @@
 """The helpers of the CRI end-to-end test that need no containerd: the OCI image archive builder
-and the reading of the deploy files (tests/e2e/cri/image.py and kube.py)."""
+and the reading of the deploy files (pyshim/image.py and tests/e2e/cri/kube.py)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cri import api_pb2 as api
-from tests.e2e.cri import kube
-from tests.e2e.cri.image import (
+from pyshim.image import (
     ANNOTATION_IMAGE_NAME,
     MEDIA_TYPE_LAYER_GZIP,
     build_image_archive,
     host_architecture,
 )
+from tests.e2e.cri import api_pb2 as api
+from tests.e2e.cri import kube
 
 
 def _sha256(data: bytes) -> str:

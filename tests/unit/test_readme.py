@@ -21,7 +21,18 @@ def snippets() -> list[tuple[str, str]]:
 def test_readme_has_the_deploy_snippets() -> None:
     paths = {path for path, _ in snippets()}
     assert paths == {"deploy/containerd/pyshim-runtime.toml",
+                     "deploy/containerd/quickstart.sh",
                      "deploy/kubernetes/runtimeclass.yaml"}
+
+
+def test_the_quickstart_snippet_is_every_command_of_its_file() -> None:
+    """The README shows all of quickstart.sh but its header (comments, `set`): what a reader
+    types is exactly what tests/e2e/test_quickstart.py runs."""
+    (body,) = [body for path, body in snippets() if path == "deploy/containerd/quickstart.sh"]
+    lines = (REPO / "deploy/containerd/quickstart.sh").read_text().splitlines(keepends=True)
+    first_command = next(index for index, line in enumerate(lines)
+                         if line.strip() and not line.startswith(("#", "set ")))
+    assert "".join(lines[first_command:]) == body
 
 
 def test_each_snippet_is_taken_from_its_file() -> None:

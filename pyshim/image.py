@@ -1,12 +1,13 @@
-"""A minimal, deterministic OCI image archive around the static busybox, for ``ctr images import``.
+"""Busybox images and rootfs directories made offline, for ``ctr images import`` / ``--rootfs``.
 
-No registry is reachable from the test machines, so the CRI test cannot pull anything: it builds
-its images here and imports them into the ``k8s.io`` namespace. The archive is an OCI image
+``pyshim image busybox ARCHIVE`` and ``pyshim rootfs busybox DIR`` (:func:`main`): no registry is
+needed (nor reachable from the test machines; the CRI tests build their images here too and
+import them into the ``k8s.io`` namespace). The archive is an OCI image
 layout (https://github.com/opencontainers/image-spec/blob/main/image-layout.md) in a tar:
 
 * ``oci-layout``: ``{"imageLayoutVersion": "1.0.0"}``;
 * ``blobs/sha256/<hex>``: one gzip-compressed layer tar (``/bin/busybox`` from busybox-static, a
-  symlink per applet in :data:`APPLETS`, an empty ``/tmp``), the image config and the manifest;
+  *relative* symlink per applet, an empty ``/tmp``), the image config and the manifest;
 * ``index.json``: one manifest descriptor annotated with the full image name
   (``io.containerd.image.name``, which ``ctr images import`` of containerd 1.6 uses verbatim as
   the image name) and its tag (``org.opencontainers.image.ref.name``, the OCI way, which ctr
@@ -24,6 +25,9 @@ import hashlib
 import io
 import json
 import platform
+import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,21 +82,73 @@ def _tar_info(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarIn
     return info
 
 
+def applet_links(applets: Sequence[str]) -> dict[str, str]:
+    """``{path in the rootfs: relative link target}`` for each applet: a bare name goes to
+    ``bin/``, a path (``usr/bin/env``, as ``busybox --list-full`` prints) stays where it is.
+    Targets are relative (``../../bin/busybox``), so they resolve inside the container, unlike
+    the absolute ones of ``busybox --install -s``.
+    """
+    links: dict[str, str] = {}
+    for applet in applets:
+        path = applet.strip("/") if "/" in applet else f"bin/{applet}"
+        if not path or path == "bin/busybox" or ".." in path.split("/"):
+            continue
+        same_dir = path.count("/") == 1 and path.startswith("bin/")
+        links[path] = "busybox" if same_dir else "../" * path.count("/") + "bin/busybox"
+    return links
+
+
+def all_applets(busybox: Path) -> list[str]:
+    """Every applet of ``busybox`` with its usual directory (``busybox --list-full``)."""
+    listing = subprocess.run(
+        [str(busybox), "--list-full"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    # `linuxrc` (an init for initramfs) would land in the root directory: not wanted.
+    return [line for line in listing.split() if "/" in line]
+
+
+def _parents(paths: Sequence[str]) -> list[str]:
+    directories = {"bin", "tmp"}
+    for path in paths:
+        parts = path.split("/")[:-1]
+        directories.update("/".join(parts[:end]) for end in range(1, len(parts) + 1))
+    return sorted(directories)
+
+
 def layer_tar(busybox: Path, applets: Sequence[str] = APPLETS) -> bytes:
-    """The uncompressed layer: ``bin/busybox``, ``bin/<applet>`` -> ``busybox``, ``tmp/``."""
+    """The uncompressed layer: ``bin/busybox``, a relative symlink per applet, ``tmp/``."""
     binary = busybox.read_bytes()
+    links = applet_links(applets)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        tar.addfile(_tar_info("bin", tarfile.DIRTYPE, 0o755))
+        for directory in _parents(list(links)):
+            mode = 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(_tar_info(directory, tarfile.DIRTYPE, mode))
         tar.addfile(
             _tar_info("bin/busybox", tarfile.REGTYPE, 0o755, len(binary)), io.BytesIO(binary)
         )
-        for applet in sorted(set(applets)):
-            link = _tar_info(f"bin/{applet}", tarfile.SYMTYPE, 0o777)
-            link.linkname = "busybox"
+        for path, target in sorted(links.items()):
+            link = _tar_info(path, tarfile.SYMTYPE, 0o777)
+            link.linkname = target
             tar.addfile(link)
-        tar.addfile(_tar_info("tmp", tarfile.DIRTYPE, 0o1777))
     return buffer.getvalue()
+
+
+def build_rootfs(directory: Path, busybox: Path = Path("/bin/busybox"),
+                 applets: Sequence[str] | None = None) -> Path:
+    """Make ``directory`` a busybox rootfs for ``ctr run --rootfs``: ``bin/busybox`` (a copy),
+    a relative symlink per applet (all of them by default), ``tmp``. Returns ``directory``."""
+    links = applet_links(all_applets(busybox) if applets is None else applets)
+    for parent in _parents(list(links)):
+        (directory / parent).mkdir(parents=True, exist_ok=True)
+    (directory / "tmp").chmod(0o1777)
+    shutil.copy2(busybox, directory / "bin" / "busybox")
+    for path, target in links.items():
+        link = directory / path
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    return directory
 
 
 def _gzip(data: bytes) -> bytes:
@@ -144,7 +200,7 @@ def build_image_archive(
             "os": "linux",
             "config": container_config,
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "history": [{"created_by": "pyshim tests/e2e/cri/image.py"}],
+            "history": [{"created_by": "pyshim.image"}],
         }
     )
     manifest_blob = _canonical_json(
@@ -200,3 +256,59 @@ def build_image_archive(
         config_digest=_sha256(config_blob),
         diff_id=diff_id,
     )
+
+
+USAGE = """usage: pyshim image busybox ARCHIVE [--name NAME]
+         an OCI image archive, for `ctr images import ARCHIVE`
+       pyshim rootfs busybox DIR
+         a rootfs directory, for `ctr run --rootfs DIR`
+
+Both use the static busybox of Debian's busybox-static (/bin/busybox; --busybox PATH for
+another) and need no registry. NAME defaults to docker.io/library/busybox:latest."""
+
+DEFAULT_IMAGE_NAME = "docker.io/library/busybox:latest"
+
+
+def main(command: str, argv: Sequence[str]) -> int:
+    """``pyshim image|rootfs busybox TARGET [--name NAME] [--busybox PATH]``."""
+    words = list(argv)
+    if not words or words[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if words else 2
+    options = {"--name": DEFAULT_IMAGE_NAME, "--busybox": "/bin/busybox"}
+    positional: list[str] = []
+    while words:
+        word = words.pop(0)
+        if word in options and words:
+            options[word] = words.pop(0)
+        elif word.startswith("-"):
+            print(f"pyshim {command}: unknown option {word!r}\n{USAGE}", file=sys.stderr)
+            return 2
+        else:
+            positional.append(word)
+    if len(positional) != 2 or positional[0] != "busybox":
+        print(f"pyshim {command}: expected `busybox TARGET`\n{USAGE}", file=sys.stderr)
+        return 2
+    busybox, target = Path(options["--busybox"]), Path(positional[1])
+    try:
+        if command == "image":
+            archive = build_image_archive(target, options["--name"], busybox=busybox,
+                                          applets=all_applets(busybox))
+            print(f"{archive.path}: {archive.name} ({archive.manifest_digest})")
+        else:
+            build_rootfs(target, busybox)
+            print(f"{target}: busybox rootfs")
+    except (OSError, subprocess.SubprocessError) as error:
+        print(f"pyshim {command}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def image_main(argv: list[str]) -> int:
+    """``pyshim image busybox ARCHIVE``."""
+    return main("image", argv)
+
+
+def rootfs_main(argv: list[str]) -> int:
+    """``pyshim rootfs busybox DIR``."""
+    return main("rootfs", argv)
