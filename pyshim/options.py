@@ -113,6 +113,16 @@ def _snake(key: str) -> str:
     return out
 
 
+def _same_named_fields(message: Any) -> RuncOptions:
+    """RuncOptions from every field of a protobuf message that RuncOptions has by name
+    (runc v1 Options and the legacy CreateOptions use runc-v2's field names)."""
+    accepted = set(RuncOptions.accepted_keys())
+    return RuncOptions(**{
+        field.name: getattr(message, field.name)
+        for field in message.DESCRIPTOR.fields if field.name in accepted
+    })
+
+
 def decode(type_url: str, value: bytes) -> RuncOptions:
     """Options from an Any's parts; an empty type URL means none (as runc-v2 treats it)."""
     if not type_url:
@@ -121,34 +131,12 @@ def decode(type_url: str, value: bytes) -> RuncOptions:
     if name == RUNC_OPTIONS:
         from pyshim.protos.containerd.runc.v1 import options_pb2
 
-        message = options_pb2.Options.FromString(value)
-        return RuncOptions(
-            no_pivot_root=message.no_pivot_root,
-            no_new_keyring=message.no_new_keyring,
-            shim_cgroup=message.shim_cgroup,
-            io_uid=message.io_uid,
-            io_gid=message.io_gid,
-            binary_name=message.binary_name,
-            root=message.root,
-            criu_path=message.criu_path,
-            systemd_cgroup=message.systemd_cgroup,
-            criu_image_path=message.criu_image_path,
-            criu_work_path=message.criu_work_path,
-        )
+        return _same_named_fields(options_pb2.Options.FromString(value))
     if name == LEGACY_CREATE_OPTIONS:
         from pyshim.protos.containerd.linux.runc import runc_pb2
 
-        create = runc_pb2.CreateOptions.FromString(value)
         # The fields runc-v2's own Options share (the rest only matter for a restore).
-        return RuncOptions(
-            no_pivot_root=create.no_pivot_root,
-            no_new_keyring=create.no_new_keyring,
-            shim_cgroup=create.shim_cgroup,
-            io_uid=create.io_uid,
-            io_gid=create.io_gid,
-            criu_image_path=create.criu_image_path,
-            criu_work_path=create.criu_work_path,
-        )
+        return _same_named_fields(runc_pb2.CreateOptions.FromString(value))
     if name == LEGACY_RUNC_OPTIONS:
         from pyshim.protos.containerd.linux.runc import runc_pb2
 
