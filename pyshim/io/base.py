@@ -75,7 +75,8 @@ class ProcessIO:
 
     async def close(self, drain_timeout: float = 0.0) -> None:
         """At delete (or a failed create): wait up to drain_timeout for the relays to reach
-        EOF, then stop them and release every fd."""
+        EOF (not for a reader that went away: its spooled bytes are dropped and counted),
+        then stop them and release every fd."""
 
 
 class NullIO(ProcessIO):

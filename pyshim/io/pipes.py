@@ -102,7 +102,7 @@ class PipeIO(ProcessIO):
         if drain_timeout > 0 and outputs:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    asyncio.gather(*(relay.wait() for relay in outputs)), drain_timeout
+                    asyncio.gather(*(relay.settled() for relay in outputs)), drain_timeout
                 )
         for relay in self._relays.values():
             await relay.close()

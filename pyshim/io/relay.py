@@ -85,6 +85,18 @@ class RelayTask:
             self._progress.clear()
             await self._progress.wait()
 
+    def is_settled(self) -> bool:
+        """Whether copying can make no more progress by itself: ended, or (see Relay) every
+        byte of src read and only an absent reader could take the rest."""
+        return self.done
+
+    async def settled(self) -> None:
+        """Until is_settled(): what delete waits for. Waiting longer for a reader that is not
+        there would only hold up the delete (and a containerd restarting behind it)."""
+        while not self.is_settled():
+            self._progress.clear()
+            await self._progress.wait()
+
     async def close(self) -> None:
         """Stop copying now (bytes still in src are dropped) and release the fds."""
         if self._task is not None and not self._task.done():
@@ -151,6 +163,9 @@ class Relay(RelayTask):
         if self._reader_gone and not self.done:
             return self._src_eof or pending_bytes(self.src) == 0
         return super().is_drained()
+
+    def is_settled(self) -> bool:
+        return self.done or (self._reader_gone and self._src_eof)
 
     # ---------------------------------------------------------------------------- copying
 

@@ -93,7 +93,7 @@ class TerminalIO(ProcessIO):
     async def close(self, drain_timeout: float = 0.0) -> None:
         if self._output is not None and drain_timeout > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._output.wait(), drain_timeout)
+                await asyncio.wait_for(self._output.settled(), drain_timeout)
         self._closing = True
         for relay in (self._input, self._output):
             if relay is not None:

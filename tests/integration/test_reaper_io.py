@@ -240,6 +240,32 @@ def test_output_without_a_reader_is_spooled_and_replayed_in_order(short_tmp: Pat
     assert not spill.exists()
 
 
+def test_delete_does_not_wait_for_a_reader_that_is_away(short_tmp: Path) -> None:
+    """The writer exited and its output is held for an absent reader: closing for delete
+    stops at once, whatever drain time it is given (nothing more can arrive by itself), and
+    drops the spool with its spill file. (with_reaper bounds the scenario: a close that waited
+    for the reader would fail it.)"""
+    stdout_path = _fifo(short_tmp, "out")
+    spill = short_tmp / "spool" / "stdout"
+
+    async def scenario(reaper: Reaper) -> tuple[int, bool]:
+        spool = Spool(str(spill), limit=64 << 20, name="test stdout", memory_max=64 << 10)
+        io = PipeIO(stdout=open_output(stdout_path, spool))
+        stdio = io.runtime_stdio()
+        _, exited = reaper.spawn(["/bin/sh", "-c", "seq 1 100000"], stdout=stdio.stdout)
+        await io.start()
+        status = (await exited).status
+        await io.wait_output()
+        spilled = spill.exists()
+        await io.close(drain_timeout=3600)
+        return status, spilled
+
+    status, spilled = with_reaper(scenario)
+    assert status == 0
+    assert spilled  # there was output held for the reader
+    assert not spill.exists()
+
+
 def test_a_full_spool_counts_what_it_drops(short_tmp: Path) -> None:
     spool = Spool(str(short_tmp / "spill"), limit=1000, name="capped", memory_max=100)
     spool.append(b"a" * 60)
