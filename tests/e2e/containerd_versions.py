@@ -37,6 +37,12 @@ class ContainerdBehaviour:
     #: Whether a ttrpc ``Forward`` of an envelope without timestamp is refused with
     #: InvalidArgument "timestamp must be set" (1.6); 1.7 accepts it and stamps it 1970.
     refuses_unstamped_forward: bool
+    #: Whether a restarted containerd deletes the tasks that exited while it was down. 1.7
+    #: asks every shim it loads for its Pids, and one with none (an exited task, with pyshim
+    #: and runc-v2 alike) that is not a sandbox is taken for a shim whose Create never
+    #: happened (containerd#6860): "cleaning leaked shim process", Delete, Shutdown. 1.6
+    #: keeps them STOPPED for the client to delete.
+    deletes_tasks_exited_while_down: bool
 
 
 BEHAVIOURS: dict[tuple[int, int], ContainerdBehaviour] = {
@@ -45,12 +51,14 @@ BEHAVIOURS: dict[tuple[int, int], ContainerdBehaviour] = {
         namespace_events_under_changed_namespace=False,
         event_timestamp_form="rfc3339",
         refuses_unstamped_forward=True,
+        deletes_tasks_exited_while_down=False,
     ),
     (1, 7): ContainerdBehaviour(
         plugins_skipped_unconfigured=frozenset({"io.containerd.snapshotter.v1.blockfile"}),
         namespace_events_under_changed_namespace=True,
         event_timestamp_form="object",
         refuses_unstamped_forward=False,
+        deletes_tasks_exited_while_down=True,
     ),
 }
 
