@@ -168,8 +168,9 @@ class PrivatePodman:
         make_busybox_rootfs(self.rootfs)
         self.spawner.start()
 
-    def stop(self) -> None:
-        """Remove every container (podman rm), then SIGKILL by PID whatever runs below the
+    def stop(self, *, podman_rm: bool = True) -> None:
+        """Remove every container (podman rm, unless ``podman_rm`` is false: the harness test
+        checks the fallbacks that way), then SIGKILL by PID whatever runs below the
         subreaper, ``runc delete --force`` leftover containers, unmount everything below
         ``base_dir``, remove the containers' cgroups and ``base_dir``. Idempotent; every step
         runs even if an earlier one failed, and failures are raised together at the end."""
@@ -178,7 +179,7 @@ class PrivatePodman:
         self._stopped = True
         errors: list[str] = []
         self.known_container_ids |= self._container_ids_on_disk()
-        if self._started and self.spawner.descendants():
+        if podman_rm and self._started and self.spawner.descendants():
             with contextlib.suppress(Exception):
                 self.run("rm", "--all", "--force", "--time", "0", timeout=60)
         self.spawner.stop(errors)
