@@ -125,6 +125,20 @@ class Terminal:
         found, _, self.output = self.output.partition(needle)
         return found + needle
 
+    def wait_for_size(self, rows: int, columns: int, timeout: float = 60.0) -> None:
+        """Run ``stty size`` in the shell on the other end until it prints ``rows columns``:
+        podman passes sizes to the monitor asynchronously (``ctl`` FIFO), so ask again."""
+        expected = f"{rows} {columns}\r\n".encode()
+        deadline = time.monotonic() + timeout
+        while True:
+            self.write(b"stty size\n")
+            self.read_until(b"stty size\r\n", timeout)  # the echo
+            answer = self.read_until(b"\r\n", timeout)
+            if answer == expected:
+                return
+            assert time.monotonic() < deadline, f"the container never saw {expected!r}"
+            time.sleep(0.2)
+
     def close(self) -> None:
         for fd in (self.master, self.slave):
             if fd >= 0:
@@ -276,8 +290,7 @@ def test_attach_and_detach(podman: Monitored, terminal: Terminal) -> None:
     try:
         terminal.write(b"echo hi-$((40+2))\n")
         terminal.read_until(b"hi-42\r\n")
-        terminal.write(b"stty size\n")
-        terminal.read_until(b"30 90\r\n")  # podman resized the container's terminal
+        terminal.wait_for_size(30, 90)  # podman resized the container's terminal
         terminal.write(b"\x18")  # the detach key, alone
         assert attach.wait(60) == 0
     finally:
@@ -302,17 +315,9 @@ def test_attach_and_detach(podman: Monitored, terminal: Terminal) -> None:
 def test_run_interactive_tty_with_resize(podman: Monitored, terminal: Terminal) -> None:
     run = terminal.spawn(podman, "run", "--rm", "-it", *podman.container_args(), SH)
     try:
-        terminal.write(b"stty size\n")
-        terminal.read_until(b"24 80\r\n")
+        terminal.wait_for_size(24, 80)
         terminal.resize(40, 100)  # SIGWINCH to podman, which tells the monitor
-        deadline = time.monotonic() + 60
-        while True:  # the resize reaches the container asynchronously: ask until it shows
-            terminal.write(b"stty size\n")
-            terminal.read_until(b"stty size\r\n")  # the echo
-            if terminal.read_until(b"\r\n") == b"40 100\r\n":
-                break
-            assert time.monotonic() < deadline, "the container never saw the new size"
-            time.sleep(0.2)
+        terminal.wait_for_size(40, 100)
         terminal.write(b"exit 7\n")
         assert run.wait(60) == 7
     finally:
