@@ -94,8 +94,10 @@ class Server:
 
     def __init__(self, path: str) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(path)
+        # Listen before the socket appears under its name: the client waits for the name.
+        self.listener.bind(path + ".new")
         self.listener.listen(64)
+        os.rename(path + ".new", path)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, "accept")
         self.wakeup_read, self.wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -122,6 +122,18 @@ class SpawnServer:
             raise SpawnError("spawn server not started")
         return self._subreaper.pid
 
+    def status(self) -> str:
+        """What a failure message needs: who runs below the subreaper, the server's log."""
+        processes = [f"{process.pid} {process.status()} {' '.join(process.cmdline())[:200]}"
+                     for process in self.descendants()]
+        try:
+            log = self.log_path.read_text(errors="replace")[-4000:]
+        except OSError as error:
+            log = repr(error)
+        alive = self._subreaper is not None and self._subreaper.poll() is None
+        return (f"subreaper alive: {alive}\nprocesses:\n" + "\n".join(processes)
+                + f"\n--- {self.log_path} ---\n{log}")
+
     def descendants(self) -> list[psutil.Process]:
         """Every living process below the subreaper (the spawner included)."""
         try:
@@ -143,7 +155,11 @@ class SpawnServer:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             connection.settimeout(30.0)
-            connection.connect(str(self.socket_path))
+            try:
+                connection.connect(str(self.socket_path))
+            except OSError as error:
+                message = f"cannot reach the spawn server: {error!r}\n{self.status()}"
+                raise SpawnError(message) from error
             request = {"argv": list(argv), "env": dict(env), "cwd": str(cwd), "ctty": ctty}
             fds = array.array("i", list(stdio))
             connection.sendmsg(
