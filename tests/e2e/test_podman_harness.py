@@ -74,6 +74,10 @@ def test_podman_uses_the_private_config_and_storage(podman: PrivatePodman) -> No
                            "ulimit -n; ulimit -u; sleep 1000", check=True).stdout.strip()
     assert podman.bundle(container).is_dir()
     assert (podman.runroot / "overlay-containers" / container / "userdata" / "pidfile").exists()
+    inspected = podman.inspect(container)
+    for key in ("StaticDir", "OCIConfigPath", "ConmonPidFile", "PidFile", "HostsPath"):
+        assert inspected[key].startswith(f"{podman.base_dir}/"), (key, inspected[key])
+    assert any((podman.tmp_dir / "locks").iterdir())  # file locks, not /dev/shm/libpod_lock
     podman.wait_until(lambda: podman.run("logs", container).stdout == "20000\n32768\n",
                       what="the container's ulimits logged")
     assert container in podman.events_log.read_text()

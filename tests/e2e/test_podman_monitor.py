@@ -187,6 +187,13 @@ def test_run_rm_command_cannot_start(
     assert podman.run("ps", "--all", "--quiet").stdout == ""
 
 
+def test_run_interactive_stdin(podman: Monitored) -> None:
+    """``run -i``: the monitor gets podman's stdin pipe as its fd 0 (``-i``) and relays it."""
+    result = podman.run("run", "--rm", "-i", *podman.container_args(), SH, "-c", "wc -c; exit 4",
+                        input="y" * 300000)
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (4, "300000", "")
+
+
 def test_run_detached_logs_stdout_stderr_and_a_long_line(podman: Monitored) -> None:
     long_line = "x" * 20000
     container = podman.detached(
@@ -310,6 +317,19 @@ def test_attach_and_detach(podman: Monitored, terminal: Terminal) -> None:
     finally:
         again.close()
     assert podman.run("wait", container, check=True).stdout == "3\n"
+
+
+def test_attach_without_a_terminal(podman: Monitored) -> None:
+    """Non-tty attach: stdin reaches the container through the attach socket and its end closes
+    the container's stdin; stdout and stderr come back apart (podman 4.3 adds a final newline
+    to stdout)."""
+    container = podman.detached(SH, "-c", "echo ready; cat; echo end; echo e >&2; exit 6",
+                                options=("-i",))
+    podman.wait_until(lambda: "ready" in podman.logs(container), what="container started")
+    result = podman.run("attach", container, input="hello\n")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "hello\nend\n\n", "e\n")
+    assert podman.run("wait", container, check=True).stdout == "6\n"
+    assert podman.logs(container) == "ready\nhello\nend\n"
 
 
 def test_run_interactive_tty_with_resize(podman: Monitored, terminal: Terminal) -> None:
