@@ -34,6 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY_CONTAINERS_CONF = REPO / "deploy" / "podman" / "containers.conf"
 REAL_CONMON = Path("/usr/bin/conmon")
 PYSHIM_CONMON = REPO / "bin" / "pyshim-conmon"
+#: Monitor name -> the binary podman gets as ``conmon_path``.
+MONITOR_PATHS = {"conmon": REAL_CONMON, "pyshim": PYSHIM_CONMON}
+#: The switch: which monitors the podman tests run with (comma-separated names).
+MONITORS_VARIABLE = "PYSHIM_TEST_MONITORS"
 #: runc's default state root for a rootful podman (it passes no ``--root``).
 PODMAN_RUNC_ROOT = Path("/run/runc")
 #: Where podman's cgroupfs manager puts containers (``<hierarchy>/libpod_parent/libpod-<id>``).
@@ -64,6 +68,16 @@ def toml_text(tables: dict[str, dict[str, TomlValue]]) -> str:
         lines += [f"{key} = {value(item)}" for key, item in keys.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def monitors_under_test() -> list[str]:
+    """Names from :data:`MONITORS_VARIABLE` (default: the real conmon only)."""
+    words = os.environ.get(MONITORS_VARIABLE, "conmon").replace(",", " ").split()
+    unknown = [word for word in words if word not in MONITOR_PATHS]
+    if unknown:
+        raise ValueError(f"{MONITORS_VARIABLE}: unknown monitor(s) {unknown}; "
+                         f"known: {sorted(MONITOR_PATHS)}")
+    return words
 
 
 def deployed_containers_conf() -> dict[str, dict[str, TomlValue]]:
@@ -286,6 +300,15 @@ class PrivatePodman:
     def container_args(self, *options: str) -> list[str]:
         """``OPTIONS --network none --rootfs <busybox>``: append the command to run."""
         return [*options, "--network", "none", "--rootfs", str(self.rootfs)]
+
+    def detached(self, *command: str, options: Sequence[str] = ()) -> str:
+        """``podman run -d OPTIONS --network none --rootfs <busybox> COMMAND``: its id."""
+        result = self.run("run", "-d", *self.container_args(*options), *command, check=True)
+        return result.stdout.strip()
+
+    def logs(self, container: str) -> str:
+        """``podman logs``' stdout."""
+        return self.run("logs", container, check=True).stdout
 
     def inspect(self, container: str) -> dict[str, Any]:
         result = self.run("container", "inspect", container, check=True)

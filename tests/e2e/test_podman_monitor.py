@@ -3,7 +3,8 @@
 Every scenario runs once per monitor in :data:`MONITORS` and asserts what podman shows with the
 real conmon (observed on Debian 12: podman 4.3.1, conmon 2.1.6, runc 1.1.5), so a monitor that
 passes behaves alike. ``MONITORS`` is the real conmon only until ``pyshim-conmon`` does more
-than ``--version``; ``PYSHIM_TEST_MONITORS=conmon,pyshim`` (or ``pyshim``) adds pyshim's.
+than ``--version``; ``PYSHIM_TEST_MONITORS=conmon,pyshim`` (or ``pyshim``) adds pyshim's
+(``bin/pyshim-conmon`` of this checkout).
 Where pyshim is specified to differ on purpose (a conmon 2.1.6 bug, spec §11.3) the expectation
 says so next to the monitor's name.
 
@@ -28,23 +29,8 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import require_e2e
-from tests.e2e.podman import PYSHIM_CONMON, REAL_CONMON, PrivatePodman
+from tests.e2e.podman import MONITOR_PATHS, PrivatePodman, monitors_under_test
 from tests.e2e.spawning import Spawned
-
-#: Monitor name -> the binary podman gets as ``conmon_path``.
-MONITOR_PATHS = {"conmon": REAL_CONMON, "pyshim": PYSHIM_CONMON}
-#: Switch: which monitors the scenarios run with (comma-separated names of MONITOR_PATHS).
-MONITORS_VARIABLE = "PYSHIM_TEST_MONITORS"
-
-
-def monitors_under_test() -> list[str]:
-    words = os.environ.get(MONITORS_VARIABLE, "conmon").replace(",", " ").split()
-    unknown = [word for word in words if word not in MONITOR_PATHS]
-    if unknown:
-        raise ValueError(f"{MONITORS_VARIABLE}: unknown monitor(s) {unknown}; "
-                         f"known: {sorted(MONITOR_PATHS)}")
-    return words
-
 
 #: The one list every scenario is parametrised by.
 MONITORS = monitors_under_test()
@@ -59,14 +45,6 @@ class Monitored(PrivatePodman):
     def __init__(self, base_dir: Path, name: str) -> None:
         super().__init__(base_dir, MONITOR_PATHS[name])
         self.name = name
-
-    def detached(self, *command: str, options: tuple[str, ...] = ()) -> str:
-        """``podman run -d OPTIONS ... COMMAND``: the new container's id."""
-        result = self.run("run", "-d", *self.container_args(*options), *command, check=True)
-        return result.stdout.strip()
-
-    def logs(self, container: str) -> str:
-        return self.run("logs", container, check=True).stdout
 
 
 @pytest.fixture(params=MONITORS)
