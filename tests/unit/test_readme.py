@@ -1,7 +1,8 @@
 """The README's configuration snippets are the files the tests use, word for word.
 
 A block preceded by `<!-- snippet: PATH -->` must appear verbatim (as consecutive lines) in the
-repository file PATH, so the README cannot drift from what `tests/e2e/test_cri.py` runs.
+repository file PATH, so the README cannot drift from what `tests/e2e/test_cri.py` and
+`tests/e2e/podman.py` use.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def test_readme_has_the_deploy_snippets() -> None:
     paths = {path for path, _ in snippets()}
     assert paths == {"deploy/containerd/pyshim-runtime.toml",
                      "deploy/containerd/quickstart.sh",
-                     "deploy/kubernetes/runtimeclass.yaml"}
+                     "deploy/kubernetes/runtimeclass.yaml",
+                     "deploy/podman/containers.conf"}
 
 
 def test_the_quickstart_snippet_is_every_command_of_its_file() -> None:
