@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyshim.errors import EngineError
 from pyshim.umount import UnmountError, go_strerror, unmount_all, unmount_all_async, unmount_steps
 
 if TYPE_CHECKING:
@@ -147,14 +148,15 @@ class MountSpec:
     loop: bool
 
 
-class MountError(Exception):
+class MountError(EngineError):
     """A rootfs component could not be mounted (anything mounted before it is rolled back)."""
 
     def __init__(
         self, mount_type: str, source: str, target: str, reason: str, err: int | None = None
     ) -> None:
         super().__init__(
-            f"failed to mount rootfs component {mount_type} {source} on {target}: {reason}"
+            f"failed to mount rootfs component {mount_type} {source} on {target}: {reason}",
+            cause=reason,
         )
         self.mount_type = mount_type
         self.source = source

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import uvloop
 
 from pyshim import logfmt
+from pyshim.errors import EngineError
 from pyshim.io import PipeIO, StdioConfig
 from pyshim.io.base import ProcessIO
 from pyshim.io.fifo import InputSource, OutputTarget
@@ -47,7 +48,6 @@ from pyshim.run_args import (
 from pyshim.run_demo import make_busybox_rootfs
 from pyshim.run_terminal import TerminalSession
 from pyshim.runtime import OCIRuntimeError
-from pyshim.ttrpc.status import RPCError
 
 __all__ = ["NAMESPACE", "RUNC_ROOT", "make_busybox_rootfs", "run_main", "runc_state_dir"]
 
@@ -257,7 +257,7 @@ class _SignalForwarder:
         log.debug("container %s: sending %s", self.container.id, signal.Signals(signum).name)
         try:
             await self.container.init.state.kill(signum, False)
-        except RPCError as error:  # already gone, or being deleted
+        except EngineError as error:  # already gone, or being deleted
             log.debug("container %s: kill: %s", self.container.id, error)
 
     async def close(self) -> None:
@@ -313,7 +313,7 @@ async def _run(plan: Plan) -> Outcome:
             io = _own_stdio(plan.container_id, log_writer)
         try:
             await container.create([], StdioConfig(terminal=plan.terminal), io=io)
-        except RPCError as error:
+        except EngineError as error:
             return Outcome(_create_failure_status(error.message), error.message)
         created = True
         log.debug("container %s: created, init pid %d", container.id, container.init.pid)
@@ -323,7 +323,7 @@ async def _run(plan: Plan) -> Outcome:
             return Outcome(128 + forwarder.received[0])
         try:
             await container.start(container.init)
-        except RPCError as error:
+        except EngineError as error:
             return Outcome(_create_failure_status(error.message), error.message)
         forwarder.mark_started()
         status, _exited_at = await container.init.wait()
@@ -369,13 +369,13 @@ async def _stop_and_delete(container: Container, created: bool, state_dir: str) 
     try:
         if created:
             if not init.exited and init.status is not Status.CREATED:
-                with contextlib.suppress(RPCError):
+                with contextlib.suppress(EngineError):
                     await init.state.kill(signal.SIGKILL, False)
-                with contextlib.suppress(TimeoutError, RPCError):
+                with contextlib.suppress(TimeoutError, EngineError):
                     await asyncio.wait_for(init.wait(), KILL_WAIT)
             try:
                 await init.state.delete()
-            except RPCError as error:
+            except EngineError as error:
                 log.warning("container %s: delete: %s", container.id, error.message)
         if _exists(state_dir):
             # Created by runc but not (fully) deleted, e.g. create failed half-way.

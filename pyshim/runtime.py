@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pyshim.bundle import DEFAULT_BINARY, DEFAULT_ROOT
+from pyshim.errors import DeadlineExceeded, RuntimeFailed
 from pyshim.options import DEFAULT_RUNC_TIMEOUT
 from pyshim.reaper import Exit, Reaper
 
@@ -26,21 +27,22 @@ DEFAULT_TIMEOUT = DEFAULT_RUNC_TIMEOUT
 KILL_WAIT = 5.0
 
 
-class OCIRuntimeError(Exception):
-    """A runc command failed. `message` is runc's last error line, or its output."""
+class OCIRuntimeError(RuntimeFailed):
+    """A runc command failed. `message` (and `cause`) is runc's last error line, or its
+    output; the process layer wraps it with the container and process it was about."""
 
     def __init__(self, command: str, message: str, status: int | None = None) -> None:
+        super().__init__(message, cause=message)
         self.command = command
-        self.message = message
         self.status = status
-        super().__init__(message)
+        self.exit_status = status
 
 
 class RuntimeNotFound(OCIRuntimeError):
     """The runc binary itself is missing."""
 
 
-class RuntimeTimeout(OCIRuntimeError):
+class RuntimeTimeout(OCIRuntimeError, DeadlineExceeded):
     """runc did not finish within its time limit and was killed."""
 
 

@@ -18,6 +18,16 @@ from typing import Any, Protocol
 
 from pyshim import bundle as bundle_files
 from pyshim import cgroups, mount
+from pyshim.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    EngineError,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    RuntimeFailed,
+    Unsupported,
+)
 from pyshim.io import (
     IOContext,
     ProcessIO,
@@ -35,16 +45,6 @@ from pyshim.process.init import InitProcess
 from pyshim.protos.containerd.types import mount_pb2
 from pyshim.reaper import Reaper
 from pyshim.runtime import OCIRuntimeError, Runc, RuntimeTimeout
-from pyshim.ttrpc.status import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    RPCError,
-    Unimplemented,
-    Unknown,
-)
 
 log = logging.getLogger("pyshim.container")
 
@@ -67,28 +67,33 @@ class Listener(Protocol):
 def read_spec(bundle: str, container_id: str) -> dict[str, Any]:
     path = os.path.join(bundle, "config.json")
     if not os.path.isdir(bundle):
-        raise InvalidArgument(f"container {container_id}: bundle {bundle} does not exist")
+        raise InvalidInput(f"container {container_id}: bundle {bundle} does not exist")
     try:
         with open(path, "rb") as config:
             spec = json.load(config)
     except FileNotFoundError as error:
-        raise InvalidArgument(
+        raise InvalidInput(
             f"container {container_id}: bundle {bundle} has no config.json"
         ) from error
     except (OSError, ValueError) as error:
-        raise InvalidArgument(
+        raise InvalidInput(
             f"container {container_id}: cannot read {path}: {error}"
         ) from error
     if not isinstance(spec, dict):
-        raise InvalidArgument(f"container {container_id}: {path} is not a JSON object")
+        raise InvalidInput(f"container {container_id}: {path} is not a JSON object")
     return spec
 
 
-def runtime_error(label: str, what: str, error: OCIRuntimeError) -> RPCError:
+def runtime_error(process: Process, what: str, error: OCIRuntimeError) -> EngineError:
     """A failed runc command as the error the caller gets: a hung one is DeadlineExceeded."""
+    message = f"{process.label}: {what}: {error.message}"
+    result: EngineError
     if isinstance(error, RuntimeTimeout):
-        return DeadlineExceeded(f"{label}: {what}: {error.message}")
-    return Unknown(f"{label}: {what}: {error.message}")
+        result = DeadlineExceeded(message, **process.names, cause=error.message)
+    else:
+        result = RuntimeFailed(message, **process.names, cause=error.message)
+        result.command, result.exit_status = error.command, error.status
+    return result
 
 
 def has_private_pid_namespace(spec: Mapping[str, Any]) -> bool:
@@ -166,7 +171,7 @@ class Container(ExitReporting):
             try:
                 await mount.mount_all_async(rootfs, self.rootfs_path)
             except mount.MountError as error:
-                raise Unknown(f"container {self.id}: {error}") from error
+                raise EngineError(f"container {self.id}: {error}") from error
             self.rootfs = list(rootfs)
         runc_called = False
         try:
@@ -185,10 +190,10 @@ class Container(ExitReporting):
                 )
                 self.init.pid = bundle_files.read_pid(pid_file)
             except OCIRuntimeError as error:
-                raise runtime_error(self.init.label, "OCI runtime create failed", error) \
+                raise runtime_error(self.init, "OCI runtime create failed", error) \
                     from error
             except (OSError, ValueError) as error:
-                raise Unknown(
+                raise EngineError(
                     f"container {self.id}: runc create left no usable pid file: {error}"
                 ) from error
             await io.start()
@@ -222,10 +227,10 @@ class Container(ExitReporting):
             io = open_process_io(stdio, context)
         except UnsupportedStdio as error:
             if error.unimplemented:
-                raise Unimplemented(f"{label}: {error}") from error
-            raise InvalidArgument(f"{label}: {error}") from error
+                raise Unsupported(f"{label}: {error}") from error
+            raise InvalidInput(f"{label}: {error}") from error
         except OSError as error:
-            raise InvalidArgument(
+            raise InvalidInput(
                 f"{label}: cannot open stdio {error.filename or ''}: {error.strerror}"
             ) from error
         try:
@@ -233,11 +238,11 @@ class Container(ExitReporting):
         except BaseException as error:
             await io.close()
             if isinstance(error, UnsupportedStdio):
-                raise InvalidArgument(f"{label}: {error}") from error
+                raise InvalidInput(f"{label}: {error}") from error
             if isinstance(error, StdioTimeout):
                 raise DeadlineExceeded(f"{label}: {error}") from error
             if isinstance(error, StdioError | OSError):
-                raise Unknown(f"{label}: cannot set up stdio: {error}") from error
+                raise EngineError(f"{label}: cannot set up stdio: {error}") from error
             raise
         return io
 
@@ -266,7 +271,7 @@ class Container(ExitReporting):
         try:
             await self.runc.start(self.id)
         except OCIRuntimeError as error:
-            raise runtime_error(self.init.label, "OCI runtime start failed", error) from error
+            raise runtime_error(self.init, "OCI runtime start failed", error) from error
         self._find_cgroup()
         if self.oom_watcher is not None and self.cgroup is not None:
             self.oom_watcher.add(self.id, self.cgroup, lambda _key: self._oom())
@@ -306,9 +311,9 @@ class Container(ExitReporting):
                 )
                 process.pid = bundle_files.read_pid(pid_file)
             except OCIRuntimeError as error:
-                raise runtime_error(process.label, "OCI runtime exec failed", error) from error
+                raise runtime_error(process, "OCI runtime exec failed", error) from error
             except (OSError, ValueError) as error:
-                raise Unknown(f"{process.label}: runc exec left no usable pid file: {error}") \
+                raise EngineError(f"{process.label}: runc exec left no usable pid file: {error}") \
                     from error
             await process.io.start()
         except BaseException:
@@ -355,40 +360,41 @@ class Container(ExitReporting):
         try:
             await self.runc.kill(self.id, signal, all_processes=all_processes)
         except RuntimeTimeout as error:
-            raise runtime_error(self.init.label, "kill", error) from error
+            raise runtime_error(self.init, "kill", error) from error
         except OCIRuntimeError as error:
             if any(marker in error.message for marker in _KILL_GONE):
                 raise NotFound(f"container {self.id}: process already finished") from error
             if "does not exist" in error.message:
                 raise NotFound(f"container {self.id}: no such container") from error
-            raise Unknown(f"container {self.id}: unknown error after kill: {error.message}") \
+            raise RuntimeFailed(f"container {self.id}: unknown error after kill: {error.message}",
+                                container_id=self.id, cause=error.message) \
                 from error
 
     async def runtime_pause(self) -> None:
         try:
             await self.runc.pause(self.id)
         except OCIRuntimeError as error:
-            raise runtime_error(self.init.label, "OCI runtime pause failed", error) from error
+            raise runtime_error(self.init, "OCI runtime pause failed", error) from error
 
     async def runtime_resume(self) -> None:
         try:
             await self.runc.resume(self.id)
         except OCIRuntimeError as error:
-            raise runtime_error(self.init.label, "OCI runtime resume failed", error) from error
+            raise runtime_error(self.init, "OCI runtime resume failed", error) from error
 
     async def update(self, resources: dict[str, Any]) -> None:
         self.init.state.check_update()
         try:
             await self.runc.update(self.id, resources)
         except OCIRuntimeError as error:
-            raise runtime_error(self.init.label, "OCI runtime update failed", error) from error
+            raise runtime_error(self.init, "OCI runtime update failed", error) from error
 
     async def pids(self) -> list[tuple[int, str]]:
         """(pid, exec id or "") for every process in the container."""
         try:
             pids = await self.runc.ps(self.id)
         except OCIRuntimeError as error:
-            raise runtime_error(self.init.label, "failed to list processes", error) from error
+            raise runtime_error(self.init, "failed to list processes", error) from error
         exec_ids = {process.pid: process.id for process in self.execs.values() if process.pid}
         return [(pid, exec_ids.get(pid, "")) for pid in pids]
 
@@ -410,7 +416,7 @@ class Container(ExitReporting):
             await self.runc.delete(self.id)
         except OCIRuntimeError as error:
             if "does not exist" not in error.message:
-                raise runtime_error(self.init.label, "failed to delete task", error) from error
+                raise runtime_error(self.init, "failed to delete task", error) from error
         # Execs nobody deleted: their relays, fds, spools and files go with the container.
         for process in list(self.execs.values()):
             await process.operate(functools.partial(self._discard_exec, process))

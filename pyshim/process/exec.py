@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pyshim.errors import FailedPrecondition, NotFound
 from pyshim.process.base import Process, ProcessState, Status
-from pyshim.ttrpc.status import FailedPrecondition, NotFound
 
 
 class ExecProcess(Process):
@@ -34,11 +34,11 @@ class ExecProcess(Process):
 
     def signal(self, signal: int) -> None:
         if self.reaped:
-            raise NotFound(f"{self.label}: process already finished")
+            raise NotFound(f"{self.label}: process already finished", **self.names)
         try:
             os.kill(self.pid, signal)
         except ProcessLookupError as error:
-            raise NotFound(f"{self.label}: process already finished") from error
+            raise NotFound(f"{self.label}: process already finished", **self.names) from error
 
 
 class ExecCreated(ProcessState):
@@ -56,7 +56,8 @@ class ExecCreated(ProcessState):
         self.process.transition(ExecDeleted(self.process))
 
     async def kill(self, signal: int, all_processes: bool) -> None:
-        raise FailedPrecondition(f"{self.process.label}: process not created")
+        raise FailedPrecondition(f"{self.process.label}: process not created",
+                                 **self.process.names)
 
 
 class ExecRunning(ProcessState):
@@ -76,7 +77,7 @@ class ExecStopped(ProcessState):
         self.process.transition(ExecDeleted(self.process))
 
     async def kill(self, signal: int, all_processes: bool) -> None:
-        raise NotFound(f"{self.process.label}: process already finished")
+        raise NotFound(f"{self.process.label}: process already finished", **self.process.names)
 
     def exited(self) -> None:
         pass
