@@ -28,8 +28,8 @@ from pyshim.io.base import ProcessIO
 from pyshim.io.fifo import InputSource, OutputTarget
 from pyshim.io.log_relay import LogSink
 from pyshim.logs import CriLogWriter
-from pyshim.options import RuncOptions
 from pyshim.process.base import Process, Status
+from pyshim.process.config import ContainerConfig
 from pyshim.process.container import Container
 from pyshim.reaper import Reaper, become_subreaper
 from pyshim.run_args import (
@@ -47,7 +47,7 @@ from pyshim.run_args import (
 )
 from pyshim.run_demo import make_busybox_rootfs
 from pyshim.run_terminal import TerminalSession
-from pyshim.runtime import OCIRuntimeError
+from pyshim.runtime import OCIRuntimeError, RuntimeConfig
 
 __all__ = ["NAMESPACE", "RUNC_ROOT", "make_busybox_rootfs", "run_main", "runc_state_dir"]
 
@@ -279,15 +279,18 @@ def _create_failure_status(message: str) -> int:
 
 async def _run(plan: Plan) -> Outcome:
     loop = asyncio.get_running_loop()
-    options = RuncOptions(binary_name=plan.runc, root=RUNC_ROOT)
+    config = ContainerConfig(runtime=RuntimeConfig(
+        binary=plan.runc, root=os.path.join(RUNC_ROOT, NAMESPACE),
+        log_path=os.path.join(plan.bundle, "log.json"),
+    ), namespace=NAMESPACE)
     state_dir = runc_state_dir(plan.container_id)
     if _exists(state_dir):
         return Outcome(EXIT_RUNTIME_ERROR, f"container id {plan.container_id} is already in use "
                                            f"(runc state {state_dir} exists)")
     reaper = Reaper()
     container = Container(
-        container_id=plan.container_id, bundle=plan.bundle, namespace=NAMESPACE,
-        options=options, reaper=reaper, listener=_Listener(),
+        container_id=plan.container_id, bundle=plan.bundle,
+        config=config, reaper=reaper, listener=_Listener(),
     )
     forwarder = _SignalForwarder(loop, container)
     forwarder.install()
@@ -349,7 +352,7 @@ async def _run(plan: Plan) -> Outcome:
 
 def runc_state_dir(container_id: str) -> str:
     """Where runc keeps the state of our container `container_id`."""
-    return os.path.join(RuncOptions(root=RUNC_ROOT).runc_root(NAMESPACE), container_id)
+    return os.path.join(RUNC_ROOT, NAMESPACE, container_id)
 
 
 def _exists(path: str) -> bool:
@@ -380,7 +383,7 @@ async def _stop_and_delete(container: Container, created: bool, state_dir: str) 
         if _exists(state_dir):
             # Created by runc but not (fully) deleted, e.g. create failed half-way.
             try:
-                await container.runc.delete(container.id, force=True)
+                await container.runtime.delete(container.id, force=True)
             except OCIRuntimeError as error:
                 log.warning("container %s: runc delete --force: %s", container.id,
                             error.message)

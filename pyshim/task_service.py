@@ -21,17 +21,20 @@ from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 
 from pyshim import identifiers
 from pyshim import options as runtime_options
+from pyshim.cgroup_metrics import metrics
 from pyshim.cgroups import OOMWatcher
 from pyshim.events import Publisher
 from pyshim.io import StdioConfig
+from pyshim.mount import Mount
 from pyshim.options import RuncOptions
-from pyshim.process import Container, Process, Status
+from pyshim.process import Container, ContainerConfig, Process, Status
 from pyshim.process.base import finish_operations
 from pyshim.protos.containerd.events import task_pb2 as events_pb2
 from pyshim.protos.containerd.runc.v1 import options_pb2
 from pyshim.protos.containerd.task.v2 import shim_pb2
 from pyshim.protos.containerd.types.task import task_pb2
 from pyshim.reaper import Reaper
+from pyshim.runtime import RuntimeConfig
 from pyshim.shim.errors import engine_errors_mapped
 from pyshim.ttrpc import CallContext
 from pyshim.ttrpc.status import (
@@ -81,6 +84,27 @@ def _json_any(value: any_pb2.Any, what: str, container_id: str) -> dict[str, Any
     if not isinstance(decoded, dict):
         raise InvalidArgument(f"container {container_id}: {what} must be a JSON object")
     return decoded
+
+
+def container_config(options: RuncOptions, namespace: str, bundle: str) -> ContainerConfig:
+    """runc Options as the engine takes them: runc with `--root <root>/<namespace>`, its JSON
+    log in `<bundle>/log.json` (as runc-v2 runs it)."""
+    runtime = RuntimeConfig(
+        binary=options.binary, root=options.runc_root(namespace),
+        log_path=os.path.join(bundle, "log.json"), systemd_cgroup=options.systemd_cgroup,
+        criu=options.criu_path, no_pivot=options.no_pivot_root,
+        no_new_keyring=options.no_new_keyring, timeout=options.runc_timeout_seconds,
+    )
+    return ContainerConfig(
+        runtime=runtime, io_uid=options.io_uid or -1, io_gid=options.io_gid or -1,
+        spool_max=options.spool_max_bytes, namespace=namespace,
+    )
+
+
+def engine_mounts(rootfs: Any) -> list[Mount]:
+    """containerd's Mount messages as the engine's mounts."""
+    return [Mount(type=m.type, source=m.source, target=m.target, options=tuple(m.options))
+            for m in rootfs]
 
 
 class TaskService:
@@ -191,12 +215,12 @@ class TaskService:
                     f"container {container_id}: bundle {request.bundle} does not exist"
                 ) from error
             container = Container(
-                container_id=container_id, bundle=request.bundle, namespace=self.namespace,
-                options=options, reaper=self.reaper, listener=self,
-                oom_watcher=self.oom_watcher,
+                container_id=container_id, bundle=request.bundle,
+                config=container_config(options, self.namespace, request.bundle),
+                reaper=self.reaper, listener=self, oom_watcher=self.oom_watcher,
             )
             stdio = StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal)
-            pid = await container.create(list(request.rootfs), stdio)
+            pid = await container.create(engine_mounts(request.rootfs), stdio)
             self.containers[container_id] = container
         finally:
             self._creating.discard(container_id)
@@ -354,7 +378,7 @@ class TaskService:
     @engine_errors_mapped
     async def stats(self, request: Any, context: CallContext) -> shim_pb2.StatsResponse:
         container = self.container(request.id)
-        return shim_pb2.StatsResponse(stats=container.stats())
+        return shim_pb2.StatsResponse(stats=container.stats(metrics))
 
     @engine_errors_mapped
     async def connect(self, request: Any, context: CallContext) -> shim_pb2.ConnectResponse:

@@ -14,8 +14,10 @@ from pyshim.process.base import Process, ProcessState, Status
 
 
 class ExecProcess(Process):
-    # The OCI process JSON from Exec, spawned by Start (runc exec --process).
-    spec: dict[str, Any]
+    # The OCI process JSON from Exec, spawned by Start (runc exec --process); or None and
+    # `spec_file` names a process JSON file written by the front end's caller.
+    spec: dict[str, Any] | None = None
+    spec_file: str | None = None
 
     def _initial_state(self) -> ProcessState:
         return ExecCreated(self)
