@@ -61,7 +61,10 @@ class DeadlineExceeded(EngineError):
 
 class RuntimeFailed(EngineError):
     """The OCI runtime (runc) failed; `cause` is its own message, `command` the runtime
-    command (create, start, exec, kill, …) and `exit_status` its exit status if it exited."""
+    command (create, start, exec, kill, …), `exit_status` its exit status if it exited, and
+    `stderr` what it wrote on the process's stderr pipe (create/restore/exec with piped stdio:
+    the text conmon sends its parent)."""
 
     command: str = ""
     exit_status: int | None = None
+    stderr: bytes = b""

@@ -61,6 +61,11 @@ class ProcessIO:
     async def start(self) -> None:
         """After runc create/exec succeeded: let go of the container's ends, start relaying."""
 
+    def unread_stderr(self, limit: int = 8191) -> bytes:
+        """Before start(), after the runtime failed: what it wrote on the process's stderr (its
+        error text, which conmon's parent wants). Never blocks; b"" when there is none."""
+        return b""
+
     async def wait_output(self) -> None:
         """After the process exited: until every byte it wrote has been relayed."""
 

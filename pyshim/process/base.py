@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -111,6 +112,16 @@ class Process:
 
     def transition(self, state: ProcessState) -> None:
         self.state = state
+
+    def signal(self, signal: int) -> None:
+        """Signal the process itself by pid, no runtime (an exec's Kill; conmon forwarding its
+        SIGTERM): never once it was reaped, so a reused pid is never hit."""
+        if self.reaped or not self.pid:
+            raise NotFound(f"{self.label}: process already finished", **self.names)
+        try:
+            os.kill(self.pid, signal)
+        except ProcessLookupError as error:
+            raise NotFound(f"{self.label}: process already finished", **self.names) from error
 
     def record_exit(self, status: int, time_ns: int) -> None:
         """The exit as reported to containerd: wakes every Wait."""

@@ -133,7 +133,10 @@ class Container(ExitReporting, ExecManagement):
                         image_path=restore_from, console_socket=io.console_socket)
                 self.init.pid = read_pid(pid_file)
             except OCIRuntimeError as error:
-                raise runtime_error(self.init, f"OCI runtime {what} failed", error) from error
+                failure = runtime_error(self.init, f"OCI runtime {what} failed", error)
+                if isinstance(failure, RuntimeFailed):
+                    failure.stderr = io.unread_stderr()
+                raise failure from error
             except (OSError, ValueError) as error:
                 raise EngineError(
                     f"container {self.id}: runc {what} left no usable pid file: {error}",

@@ -6,7 +6,6 @@ runc), never after it was reaped, so a reused pid is never hit.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from pyshim.errors import FailedPrecondition, NotFound
@@ -34,13 +33,6 @@ class ExecProcess(Process):
             return init
         return own
 
-    def signal(self, signal: int) -> None:
-        if self.reaped:
-            raise NotFound(f"{self.label}: process already finished", **self.names)
-        try:
-            os.kill(self.pid, signal)
-        except ProcessLookupError as error:
-            raise NotFound(f"{self.label}: process already finished", **self.names) from error
 
 
 class ExecCreated(ProcessState):

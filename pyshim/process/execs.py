@@ -11,7 +11,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from pyshim.bundle import read_pid
-from pyshim.errors import AlreadyExists, EngineError, FailedPrecondition, NotFound
+from pyshim.errors import (
+    AlreadyExists,
+    EngineError,
+    FailedPrecondition,
+    NotFound,
+    RuntimeFailed,
+)
 from pyshim.io import IOContext, ProcessIO, StdioConfig
 from pyshim.process.base import Process
 from pyshim.process.exec import ExecDeleted, ExecProcess
@@ -95,7 +101,10 @@ class ExecManagement:
                 )
                 process.pid = read_pid(pid_file)
             except OCIRuntimeError as error:
-                raise runtime_error(process, "OCI runtime exec failed", error) from error
+                failure = runtime_error(process, "OCI runtime exec failed", error)
+                if isinstance(failure, RuntimeFailed):
+                    failure.stderr = process.io.unread_stderr()
+                raise failure from error
             except (OSError, ValueError) as error:
                 raise EngineError(f"{process.label}: runc exec left no usable pid file: {error}",
                                   **process.names, cause=str(error)) from error

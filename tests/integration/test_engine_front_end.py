@@ -21,7 +21,8 @@ import pytest
 import uvloop
 
 from pyshim import errors
-from pyshim.io import StdioConfig
+from pyshim.io import PipeIO, StdioConfig
+from pyshim.io.pipes import open_file_target
 from pyshim.process import Container, ContainerConfig, ExitRecord, Process
 from pyshim.reaper import Reaper
 from pyshim.runtime import RuntimeConfig
@@ -184,14 +185,18 @@ def test_runtime_failure_is_an_engine_error_with_the_runtimes_message(
         container = Container(container_id="c2", bundle=str(workdir / "bundle"),
                               config=conmon_like_config(workdir), reaper=reaper,
                               listener=RecordingListener(), files=files)
+        # The front end's own pipes: the runtime's stderr is the container's stderr pipe.
+        io = PipeIO(stdout=open_file_target(str(workdir / "out")),
+                    stderr=open_file_target(str(workdir / "err")))
         with pytest.raises(errors.RuntimeFailed) as raised:
-            await container.create([], StdioConfig())
+            await container.create([], StdioConfig(), io=io)
         return raised.value
 
     error = with_reaper(scenario)
     assert error.message == "container c2: OCI runtime create failed: fake create failed"
     assert (error.container_id, error.process_id, error.cause) == ("c2", "", "fake create failed")
     assert isinstance(error, errors.RuntimeFailed) and error.exit_status == 1
+    assert error.stderr == b"fake create failed\n"  # what conmon sends on its sync pipe
     assert files.exits == [] and files.created_pids == []  # nothing existed: nothing recorded
     assert [call[5] for call in runtime_calls(workdir)] == ["create", "delete"]
 

@@ -24,6 +24,7 @@ def main(argv: list[str]) -> int:
         error_log = os.environ.get("FAKE_RUNTIME_ERROR_LOG") or argv[argv.index("--log") + 1]
         with open(error_log, "a", encoding="utf-8") as log:
             log.write(json.dumps({"level": "error", "msg": f"fake {command} failed"}) + "\n")
+        print(f"fake {command} failed", file=sys.stderr)  # as runc: on its stderr as well
         return 1
     if command in ("create", "exec"):
         script = os.environ[f"FAKE_{command.upper()}_SCRIPT"]
