@@ -1,6 +1,7 @@
-"""Rootfs mounts: stacking `CreateTaskRequest.rootfs` onto `<bundle>/rootfs` with containerd's
-option semantics (mount(2), loop devices, fuse helpers) and unmounting them again.
-Never decides *when* to mount (the task service does); never unmounts outside the given target.
+"""Rootfs mounts: stacking engine `Mount`s (containerd's `CreateTaskRequest.rootfs`, converted
+by the front end) onto `<bundle>/rootfs` with containerd's option semantics (mount(2), loop
+devices, fuse helpers) and unmounting them again. Never decides *when* to mount (the process
+layer does, for its front end); never unmounts outside the given target. Failures: MountError.
 """
 
 from __future__ import annotations
@@ -23,14 +24,12 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from pyshim.errors import EngineError
 from pyshim.umount import UnmountError, go_strerror, unmount_all, unmount_all_async, unmount_steps
 
-if TYPE_CHECKING:
-    from pyshim.protos.containerd.types.mount_pb2 import Mount
-
 __all__ = [
+    "Mount",
     "MountError",
     "MountSpec",
     "UnmountError",
@@ -133,6 +132,19 @@ _libc.mount.argtypes = [
 _libc.mount.restype = ctypes.c_int
 
 
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One rootfs component, as containerd's Mount describes it (the front end converts).
+
+    `target`, if set, is relative to the directory the components are stacked on.
+    """
+
+    type: str
+    source: str
+    target: str = ""
+    options: Sequence[str] = ()
+
+
 @dataclass(frozen=True)
 class MountSpec:
     """What a Mount's options mean to mount(2).
@@ -147,14 +159,15 @@ class MountSpec:
     loop: bool
 
 
-class MountError(Exception):
+class MountError(EngineError):
     """A rootfs component could not be mounted (anything mounted before it is rolled back)."""
 
     def __init__(
         self, mount_type: str, source: str, target: str, reason: str, err: int | None = None
     ) -> None:
         super().__init__(
-            f"failed to mount rootfs component {mount_type} {source} on {target}: {reason}"
+            f"failed to mount rootfs component {mount_type} {source} on {target}: {reason}",
+            cause=reason,
         )
         self.mount_type = mount_type
         self.source = source

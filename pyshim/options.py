@@ -16,13 +16,16 @@ from typing import Any
 # No protobuf or asyncio at import time; the option messages are decoded with lazy imports.
 from pyshim import bundle as bundle_files
 from pyshim.bundle import DEFAULT_BINARY, DEFAULT_ROOT
+from pyshim.errors import InvalidInput
 
-# Defaults of pyshim's own keys (runtime.py and io/spool.py use them).
+# Defaults of pyshim's own keys; the engine's own defaults (runtime.DEFAULT_TIMEOUT,
+# io.spool.DEFAULT_SPOOL_MAX) are the same (tests/unit/test_layering.py checks), but the
+# engine never imports this containerd options module.
 DEFAULT_RUNC_TIMEOUT = 120.0
 DEFAULT_SPOOL_MAX = 16 * 1024 * 1024
 
 
-class InvalidOptions(ValueError):
+class InvalidOptions(InvalidInput, ValueError):
     """Runtime options we cannot use; the message says which and why."""
 
 

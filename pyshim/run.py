@@ -22,13 +22,14 @@ from dataclasses import dataclass
 import uvloop
 
 from pyshim import logfmt
+from pyshim.errors import EngineError
 from pyshim.io import PipeIO, StdioConfig
 from pyshim.io.base import ProcessIO
 from pyshim.io.fifo import InputSource, OutputTarget
 from pyshim.io.log_relay import LogSink
 from pyshim.logs import CriLogWriter
-from pyshim.options import RuncOptions
 from pyshim.process.base import Process, Status
+from pyshim.process.config import ContainerConfig
 from pyshim.process.container import Container
 from pyshim.reaper import Reaper, become_subreaper
 from pyshim.run_args import (
@@ -46,8 +47,7 @@ from pyshim.run_args import (
 )
 from pyshim.run_demo import make_busybox_rootfs
 from pyshim.run_terminal import TerminalSession
-from pyshim.runtime import OCIRuntimeError
-from pyshim.ttrpc.status import RPCError
+from pyshim.runtime import OCIRuntimeError, RuntimeConfig
 
 __all__ = ["NAMESPACE", "RUNC_ROOT", "make_busybox_rootfs", "run_main", "runc_state_dir"]
 
@@ -257,7 +257,7 @@ class _SignalForwarder:
         log.debug("container %s: sending %s", self.container.id, signal.Signals(signum).name)
         try:
             await self.container.init.state.kill(signum, False)
-        except RPCError as error:  # already gone, or being deleted
+        except EngineError as error:  # already gone, or being deleted
             log.debug("container %s: kill: %s", self.container.id, error)
 
     async def close(self) -> None:
@@ -279,15 +279,18 @@ def _create_failure_status(message: str) -> int:
 
 async def _run(plan: Plan) -> Outcome:
     loop = asyncio.get_running_loop()
-    options = RuncOptions(binary_name=plan.runc, root=RUNC_ROOT)
+    config = ContainerConfig(runtime=RuntimeConfig(
+        binary=plan.runc, root=os.path.join(RUNC_ROOT, NAMESPACE),
+        log_path=os.path.join(plan.bundle, "log.json"),
+    ), namespace=NAMESPACE)
     state_dir = runc_state_dir(plan.container_id)
     if _exists(state_dir):
         return Outcome(EXIT_RUNTIME_ERROR, f"container id {plan.container_id} is already in use "
                                            f"(runc state {state_dir} exists)")
     reaper = Reaper()
     container = Container(
-        container_id=plan.container_id, bundle=plan.bundle, namespace=NAMESPACE,
-        options=options, reaper=reaper, listener=_Listener(),
+        container_id=plan.container_id, bundle=plan.bundle,
+        config=config, reaper=reaper, listener=_Listener(),
     )
     forwarder = _SignalForwarder(loop, container)
     forwarder.install()
@@ -313,7 +316,7 @@ async def _run(plan: Plan) -> Outcome:
             io = _own_stdio(plan.container_id, log_writer)
         try:
             await container.create([], StdioConfig(terminal=plan.terminal), io=io)
-        except RPCError as error:
+        except EngineError as error:
             return Outcome(_create_failure_status(error.message), error.message)
         created = True
         log.debug("container %s: created, init pid %d", container.id, container.init.pid)
@@ -323,7 +326,7 @@ async def _run(plan: Plan) -> Outcome:
             return Outcome(128 + forwarder.received[0])
         try:
             await container.start(container.init)
-        except RPCError as error:
+        except EngineError as error:
             return Outcome(_create_failure_status(error.message), error.message)
         forwarder.mark_started()
         status, _exited_at = await container.init.wait()
@@ -349,7 +352,7 @@ async def _run(plan: Plan) -> Outcome:
 
 def runc_state_dir(container_id: str) -> str:
     """Where runc keeps the state of our container `container_id`."""
-    return os.path.join(RuncOptions(root=RUNC_ROOT).runc_root(NAMESPACE), container_id)
+    return os.path.join(RUNC_ROOT, NAMESPACE, container_id)
 
 
 def _exists(path: str) -> bool:
@@ -369,18 +372,18 @@ async def _stop_and_delete(container: Container, created: bool, state_dir: str) 
     try:
         if created:
             if not init.exited and init.status is not Status.CREATED:
-                with contextlib.suppress(RPCError):
+                with contextlib.suppress(EngineError):
                     await init.state.kill(signal.SIGKILL, False)
-                with contextlib.suppress(TimeoutError, RPCError):
+                with contextlib.suppress(TimeoutError, EngineError):
                     await asyncio.wait_for(init.wait(), KILL_WAIT)
             try:
                 await init.state.delete()
-            except RPCError as error:
+            except EngineError as error:
                 log.warning("container %s: delete: %s", container.id, error.message)
         if _exists(state_dir):
             # Created by runc but not (fully) deleted, e.g. create failed half-way.
             try:
-                await container.runc.delete(container.id, force=True)
+                await container.runtime.delete(container.id, force=True)
             except OCIRuntimeError as error:
                 log.warning("container %s: runc delete --force: %s", container.id,
                             error.message)

@@ -1,7 +1,11 @@
 """The OCI runtime command line (runc): one method per command, spawned through the reaper.
 
-Owns argument order, runc's JSON log and the errors built from it (carrying runc's own
-message). Never waits for a child itself and never decides container state.
+`RuntimeConfig` says how to invoke it (binary, global flags, extra runtime args and options,
+time limit): the containerd front end fills it from runc Options, the conmon front end from its
+argv (spec conmon-compat §5.1). `OCIRuntime(reaper, config)` runs the commands. Owns argument
+order, the runtime's JSON error log and the errors built from it (carrying the runtime's own
+message: OCIRuntimeError, a RuntimeFailed; RuntimeTimeout, also a DeadlineExceeded). Every
+command is time-limited. Never waits for a child itself and never decides container state.
 """
 
 from __future__ import annotations
@@ -12,35 +16,36 @@ import json
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pyshim.bundle import DEFAULT_BINARY, DEFAULT_ROOT
-from pyshim.options import DEFAULT_RUNC_TIMEOUT
+from pyshim.bundle import DEFAULT_BINARY
+from pyshim.errors import DeadlineExceeded, RuntimeFailed
 from pyshim.reaper import Exit, Reaper
 
 # A runc command taking longer than this is hung (a stuck hook, a frozen cgroup): killed, and
 # the call fails with a clear error instead of wedging the process (runtime option
 # `runc_timeout`). Generous: hooks may pull images or set up networks.
-DEFAULT_TIMEOUT = DEFAULT_RUNC_TIMEOUT
+DEFAULT_TIMEOUT = 120.0
 # After SIGKILL, how long to wait for runc to be reaped before the error is returned anyway.
 KILL_WAIT = 5.0
 
 
-class OCIRuntimeError(Exception):
-    """A runc command failed. `message` is runc's last error line, or its output."""
+class OCIRuntimeError(RuntimeFailed):
+    """A runc command failed. `message` (and `cause`) is runc's last error line, or its
+    output; the process layer wraps it with the container and process it was about."""
 
     def __init__(self, command: str, message: str, status: int | None = None) -> None:
+        super().__init__(message, cause=message)
         self.command = command
-        self.message = message
         self.status = status
-        super().__init__(message)
+        self.exit_status = status
 
 
 class RuntimeNotFound(OCIRuntimeError):
     """The runc binary itself is missing."""
 
 
-class RuntimeTimeout(OCIRuntimeError):
+class RuntimeTimeout(OCIRuntimeError, DeadlineExceeded):
     """runc did not finish within its time limit and was killed."""
 
 
@@ -53,28 +58,71 @@ class Stdio:
     stderr: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    """How the OCI runtime is invoked; every field is optional but the binary.
+
+    argv: `BINARY [--root R] [--log L --log-format F] [--criu C] [--systemd-cgroup]
+    [GLOBAL_ARGS…] COMMAND [command flags] [COMMAND_ARGS…] [--console-socket S] ID`, where
+    COMMAND_ARGS (conmon's --runtime-opt) follow the flags of create, restore and exec only.
+    """
+
+    binary: str = DEFAULT_BINARY
+    root: str | None = None  # --root: the runtime's state directory (None: its default)
+    log_path: str | None = None  # --log (with --log-format log_format); errors are read from it
+    log_format: str = "json"
+    criu: str = ""
+    systemd_cgroup: bool = False
+    global_args: tuple[str, ...] = ()  # conmon's --runtime-arg, verbatim and in order
+    command_args: tuple[str, ...] = ()  # conmon's --runtime-opt, verbatim and in order
+    no_pivot: bool = False  # create/restore --no-pivot
+    no_new_keyring: bool = False  # create/restore --no-new-keyring
+    # create/exec --preserve-fds N: our fds 3 … 3+N-1 are passed on to the container's process.
+    preserve_fds: int = 0
+    # A JSON log to read the runtime's error messages from when the front end passes --log
+    # among global_args itself (podman's `--runtime-arg --log …`); log_path is used if set.
+    error_log: str | None = None
+    timeout: float = DEFAULT_TIMEOUT  # seconds before a command is killed (RuntimeTimeout)
+    # The runtime's environment; None: ours without NOTIFY_SOCKET.
+    env: Mapping[str, str] | None = None
+
+    @property
+    def errors_from(self) -> str | None:
+        return self.log_path or self.error_log
+
+
 @dataclass(slots=True)
-class Runc:
-    """One runc configuration (binary, state root, log) for one container."""
+class OCIRuntime:
+    """Runs one runtime configuration's commands for the containers of a front end."""
 
     reaper: Reaper
-    binary: str = DEFAULT_BINARY
-    root: str = DEFAULT_ROOT
-    log_path: str | None = None
-    systemd_cgroup: bool = False
-    criu: str = ""
-    timeout: float = DEFAULT_TIMEOUT
-    env: Mapping[str, str] = field(default_factory=lambda: _runc_environment())
+    config: RuntimeConfig
 
     def _global_args(self) -> list[str]:
-        args = [self.binary, "--root", self.root]
-        if self.log_path:
-            args += ["--log", self.log_path, "--log-format", "json"]
-        if self.criu:
-            args += ["--criu", self.criu]
-        if self.systemd_cgroup:
+        config = self.config
+        args = [config.binary]
+        if config.root:
+            args += ["--root", config.root]
+        if config.log_path:
+            args += ["--log", config.log_path, "--log-format", config.log_format]
+        if config.criu:
+            args += ["--criu", config.criu]
+        if config.systemd_cgroup:
             args.append("--systemd-cgroup")
-        return args
+        return [*args, *config.global_args]
+
+    def _command_tail(self, container_id: str, console_socket: str | None) -> list[str]:
+        """What ends create, restore and exec: extra runtime options, console socket, id."""
+        tail = list(self.config.command_args)
+        if console_socket:
+            tail += ["--console-socket", console_socket]
+        return [*tail, container_id]
+
+    def _preserved_fds(self) -> tuple[list[str], dict[int, int]]:
+        count = self.config.preserve_fds
+        if count <= 0:
+            return [], {}
+        return ["--preserve-fds", str(count)], {fd: fd for fd in range(3, 3 + count)}
 
     # ------------------------------------------------------------------------- commands
 
@@ -86,17 +134,37 @@ class Runc:
         stdio: Stdio,
         *,
         console_socket: str | None = None,
-        no_pivot: bool = False,
-        no_new_keyring: bool = False,
     ) -> None:
         args = ["create", "--bundle", bundle, "--pid-file", pid_file]
-        if console_socket:
-            args += ["--console-socket", console_socket]
-        if no_pivot:
+        if self.config.no_pivot:
             args.append("--no-pivot")
-        if no_new_keyring:
+        if self.config.no_new_keyring:
             args.append("--no-new-keyring")
-        await self._run("create", [*args, container_id], stdio=stdio, cwd=bundle, use_log=True)
+        preserve, fd_map = self._preserved_fds()
+        await self._run("create", [*args, *preserve,
+                                   *self._command_tail(container_id, console_socket)],
+                        stdio=stdio, cwd=bundle, use_log=True, fd_map=fd_map)
+
+    async def restore(
+        self,
+        container_id: str,
+        bundle: str,
+        pid_file: str,
+        stdio: Stdio,
+        *,
+        image_path: str,
+        work_path: str | None = None,
+        console_socket: str | None = None,
+    ) -> None:
+        """`restore --detach` from a checkpoint image (conmon's --restore)."""
+        args = ["restore", "--bundle", bundle, "--pid-file", pid_file]
+        if self.config.no_pivot:
+            args.append("--no-pivot")
+        if self.config.no_new_keyring:
+            args.append("--no-new-keyring")
+        args += ["--detach", "--image-path", image_path, "--work-path", work_path or bundle]
+        await self._run("restore", [*args, *self._command_tail(container_id, console_socket)],
+                        stdio=stdio, cwd=bundle, use_log=True)
 
     async def start(self, container_id: str) -> None:
         await self._run("start", ["start", container_id], use_log=True)
@@ -104,28 +172,31 @@ class Runc:
     async def exec(
         self,
         container_id: str,
-        process_spec: Mapping[str, object],
+        process_spec: Mapping[str, object] | None,
         pid_file: str,
         stdio: Stdio,
         *,
         console_socket: str | None = None,
         spec_path: str,
     ) -> None:
-        """`spec_path`: where the process JSON is written for runc (a new file of ours, 0600:
-        it holds the exec's environment), removed afterwards."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(spec_path, flags, 0o600)
-        try:
+        """`exec --detach` of the process JSON at `spec_path`. With `process_spec` the file is
+        ours: written first (a new file, 0600: it holds the exec's environment) and removed
+        afterwards; with None it exists already (conmon's --exec-process-spec) and stays."""
+        if process_spec is not None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(spec_path, flags, 0o600)
             with os.fdopen(fd, "w") as spec_file:
                 json.dump(process_spec, spec_file)
-            args = ["exec", "--process", spec_path]
-            if console_socket:
-                args += ["--console-socket", console_socket]
-            args += ["--detach", "--pid-file", pid_file, container_id]
-            await self._run("exec", args, stdio=stdio, use_log=True)
+        try:
+            args = ["exec", "--pid-file", pid_file, "--process", spec_path, "--detach"]
+            preserve, fd_map = self._preserved_fds()
+            await self._run("exec", [*args, *preserve,
+                                     *self._command_tail(container_id, console_socket)],
+                            stdio=stdio, use_log=True, fd_map=fd_map)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(spec_path)
+            if process_spec is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(spec_path)
 
     async def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
         args = ["kill", *(["--all"] if all_processes else []), container_id, str(signal)]
@@ -170,6 +241,7 @@ class Runc:
         cwd: str | None = None,
         input: bytes | None = None,
         use_log: bool = False,
+        fd_map: Mapping[int, int] | None = None,
     ) -> bytes:
         """Run runc and return its stdout; raise OCIRuntimeError with runc's message on failure.
 
@@ -179,7 +251,9 @@ class Runc:
         cancelled meanwhile kills it too: no runc outlives the call that started it.
         """
         loop = asyncio.get_running_loop()
+        config = self.config
         argv = [*self._global_args(), *args]
+        error_log = config.errors_from if use_log else None
         pipes: list[int] = []  # every fd of ours still open; closed whatever happens
         try:
             out_read, out_write = os.pipe2(os.O_CLOEXEC)
@@ -188,11 +262,11 @@ class Runc:
             if input is not None:
                 in_read, in_write = os.pipe2(os.O_CLOEXEC)
                 pipes += [in_read, in_write]
-            log_start = _log_size(self.log_path) if use_log else 0
+            log_start = _log_size(error_log)
             try:
                 pid, exited = self.reaper.spawn(
                     argv,
-                    env=self.env,
+                    env=config.env if config.env is not None else _runc_environment(),
                     cwd=cwd,
                     stdin=stdio.stdin if stdio else in_read,
                     stdout=stdio.stdout if stdio else out_write,
@@ -200,16 +274,17 @@ class Runc:
                     # A Ctrl-C meant for a foreground `pyshim run` must not kill runc midway,
                     # and a timeout kills runc's children (runc init) with it.
                     new_process_group=True,
+                    fd_map=fd_map,
                 )
             except FileNotFoundError as error:
                 raise RuntimeNotFound(
-                    command, f'runc binary "{self.binary}" not found: {error}'
+                    command, f'runc binary "{config.binary}" not found: {error}'
                 ) from error
             except OSError as error:
-                raise OCIRuntimeError(command, f"cannot run {self.binary}: {error}") from error
+                raise OCIRuntimeError(command, f"cannot run {config.binary}: {error}") from error
             _close(pipes, out_write, in_read)
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(config.timeout):
                     if in_write is not None:
                         assert input is not None
                         await _write_all(loop, in_write, input)
@@ -220,7 +295,7 @@ class Runc:
                 await _kill_group(pid, exited)
                 raise RuntimeTimeout(
                     command,
-                    f"{self.binary} {command} did not finish within {self.timeout:g} s; "
+                    f"{config.binary} {command} did not finish within {config.timeout:g} s; "
                     "killed it",
                 ) from None
             except BaseException:
@@ -229,10 +304,10 @@ class Runc:
         finally:
             _close(pipes, *pipes)
         if result.status != 0:
-            message = _last_log_error(self.log_path, log_start) if use_log else None
+            message = _last_log_error(error_log, log_start)
             if not message:
                 text = output.decode(errors="replace").strip()
-                message = f"{self.binary} did not terminate successfully: exit status " + (
+                message = f"{config.binary} did not terminate successfully: exit status " + (
                     f"{result.status}: {text}" if text else str(result.status)
                 )
             raise OCIRuntimeError(command, message, result.status)

@@ -2,7 +2,8 @@
 
 Translates requests into Container/process calls and outcomes into replies, status codes and
 events. No syscalls of its own, no runc: those live below. Every error names the container,
-the process and the cause (the types map to status codes in pyshim.ttrpc.status). Ids are
+the process and the cause; the engine's errors become status codes in pyshim.shim.errors (each
+handler is wrapped by engine_errors_mapped). Ids are
 checked with containerd's rules before anything uses them; a state change, once begun, is
 completed and published even when the caller's deadline passes or its connection drops.
 """
@@ -20,17 +21,21 @@ from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 
 from pyshim import identifiers
 from pyshim import options as runtime_options
+from pyshim.cgroup_metrics import metrics
 from pyshim.cgroups import OOMWatcher
 from pyshim.events import Publisher
 from pyshim.io import StdioConfig
+from pyshim.mount import Mount
 from pyshim.options import RuncOptions
-from pyshim.process import Container, Process, Status
+from pyshim.process import Container, ContainerConfig, Process, Status
 from pyshim.process.base import finish_operations
 from pyshim.protos.containerd.events import task_pb2 as events_pb2
 from pyshim.protos.containerd.runc.v1 import options_pb2
 from pyshim.protos.containerd.task.v2 import shim_pb2
 from pyshim.protos.containerd.types.task import task_pb2
 from pyshim.reaper import Reaper
+from pyshim.runtime import RuntimeConfig
+from pyshim.shim.errors import engine_errors_mapped
 from pyshim.ttrpc import CallContext
 from pyshim.ttrpc.status import (
     AlreadyExists,
@@ -79,6 +84,27 @@ def _json_any(value: any_pb2.Any, what: str, container_id: str) -> dict[str, Any
     if not isinstance(decoded, dict):
         raise InvalidArgument(f"container {container_id}: {what} must be a JSON object")
     return decoded
+
+
+def container_config(options: RuncOptions, namespace: str, bundle: str) -> ContainerConfig:
+    """runc Options as the engine takes them: runc with `--root <root>/<namespace>`, its JSON
+    log in `<bundle>/log.json` (as runc-v2 runs it)."""
+    runtime = RuntimeConfig(
+        binary=options.binary, root=options.runc_root(namespace),
+        log_path=os.path.join(bundle, "log.json"), systemd_cgroup=options.systemd_cgroup,
+        criu=options.criu_path, no_pivot=options.no_pivot_root,
+        no_new_keyring=options.no_new_keyring, timeout=options.runc_timeout_seconds,
+    )
+    return ContainerConfig(
+        runtime=runtime, io_uid=options.io_uid or -1, io_gid=options.io_gid or -1,
+        spool_max=options.spool_max_bytes, namespace=namespace,
+    )
+
+
+def engine_mounts(rootfs: Any) -> list[Mount]:
+    """containerd's Mount messages as the engine's mounts."""
+    return [Mount(type=m.type, source=m.source, target=m.target, options=tuple(m.options))
+            for m in rootfs]
 
 
 class TaskService:
@@ -141,6 +167,7 @@ class TaskService:
 
     # ------------------------------------------------------------------------- methods
 
+    @engine_errors_mapped
     async def create(self, request: Any, context: CallContext) -> shim_pb2.CreateTaskResponse:
         container_id = request.id
         if not container_id:
@@ -188,12 +215,12 @@ class TaskService:
                     f"container {container_id}: bundle {request.bundle} does not exist"
                 ) from error
             container = Container(
-                container_id=container_id, bundle=request.bundle, namespace=self.namespace,
-                options=options, reaper=self.reaper, listener=self,
-                oom_watcher=self.oom_watcher,
+                container_id=container_id, bundle=request.bundle,
+                config=container_config(options, self.namespace, request.bundle),
+                reaper=self.reaper, listener=self, oom_watcher=self.oom_watcher,
             )
             stdio = StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal)
-            pid = await container.create(list(request.rootfs), stdio)
+            pid = await container.create(engine_mounts(request.rootfs), stdio)
             self.containers[container_id] = container
         finally:
             self._creating.discard(container_id)
@@ -208,12 +235,14 @@ class TaskService:
         )
         return shim_pb2.CreateTaskResponse(pid=pid)
 
+    @engine_errors_mapped
     async def start(self, request: Any, context: CallContext) -> shim_pb2.StartResponse:
         container = self.container(request.id)
         process = container.process(request.exec_id)
         pid = await process.operate(lambda: container.start(process))
         return shim_pb2.StartResponse(pid=pid)
 
+    @engine_errors_mapped
     async def delete(self, request: Any, context: CallContext) -> shim_pb2.DeleteResponse:
         container = self.container(request.id)
         process = container.process(request.exec_id)
@@ -236,6 +265,7 @@ class TaskService:
             exited_at=timestamp(process.exited_at_ns),
         )
 
+    @engine_errors_mapped
     async def exec(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         container = self.container(request.id)
         if not request.exec_id:
@@ -250,6 +280,7 @@ class TaskService:
         )
         return empty_pb2.Empty()
 
+    @engine_errors_mapped
     async def state(self, request: Any, context: CallContext) -> shim_pb2.StateResponse:
         container = self.container(request.id)
         process = container.process(request.exec_id)
@@ -261,6 +292,7 @@ class TaskService:
             exited_at=timestamp(process.exited_at_ns),
         )
 
+    @engine_errors_mapped
     async def pids(self, request: Any, context: CallContext) -> shim_pb2.PidsResponse:
         container = self.container(request.id)
         response = shim_pb2.PidsResponse()
@@ -272,6 +304,7 @@ class TaskService:
                 info.info.value = details.SerializeToString()
         return response
 
+    @engine_errors_mapped
     async def pause(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         container = self.container(request.id)
 
@@ -283,6 +316,7 @@ class TaskService:
         await container.init.operate(pause)
         return empty_pb2.Empty()
 
+    @engine_errors_mapped
     async def resume(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         container = self.container(request.id)
 
@@ -294,17 +328,20 @@ class TaskService:
         await container.init.operate(resume)
         return empty_pb2.Empty()
 
+    @engine_errors_mapped
     async def checkpoint(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         self.container(request.id)
         raise Unimplemented(
             f"container {request.id}: checkpoint is not supported by pyshim (no CRIU support)"
         )
 
+    @engine_errors_mapped
     async def kill(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         process = self.process(request.id, request.exec_id)
         await process.operate(lambda: process.state.kill(request.signal, request.all))
         return empty_pb2.Empty()
 
+    @engine_errors_mapped
     async def resize_pty(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         process = self.process(request.id, request.exec_id)
         if not process.stdio.terminal:
@@ -316,6 +353,7 @@ class TaskService:
                 from error
         return empty_pb2.Empty()
 
+    @engine_errors_mapped
     async def close_io(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         process = self.process(request.id, request.exec_id)
         try:
@@ -324,27 +362,32 @@ class TaskService:
             raise Unknown(f"{process.label}: close stdin: {error}") from error
         return empty_pb2.Empty()
 
+    @engine_errors_mapped
     async def update(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         container = self.container(request.id)
         resources = _json_any(request.resources, "update resources", request.id)
         await container.init.operate(lambda: container.update(resources))
         return empty_pb2.Empty()
 
+    @engine_errors_mapped
     async def wait(self, request: Any, context: CallContext) -> shim_pb2.WaitResponse:
         process = self.process(request.id, request.exec_id)
         status, exited_at = await process.wait()
         return shim_pb2.WaitResponse(exit_status=status, exited_at=timestamp(exited_at))
 
+    @engine_errors_mapped
     async def stats(self, request: Any, context: CallContext) -> shim_pb2.StatsResponse:
         container = self.container(request.id)
-        return shim_pb2.StatsResponse(stats=container.stats())
+        return shim_pb2.StatsResponse(stats=container.stats(metrics))
 
+    @engine_errors_mapped
     async def connect(self, request: Any, context: CallContext) -> shim_pb2.ConnectResponse:
         container = self.containers.get(request.id)
         return shim_pb2.ConnectResponse(
             shim_pid=os.getpid(), task_pid=container.init.pid if container else 0
         )
 
+    @engine_errors_mapped
     async def shutdown(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         if not self.containers and not self._creating and self.on_last_shutdown is not None:
             # After this reply is written: containerd expects the answer, then the close.

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyshim.errors import DeadlineExceeded, EngineError, InvalidInput
 from pyshim.runtime import Stdio
 
 
-class StdioError(Exception):
+class StdioError(EngineError):
     """The stdio could not be set up; the message names what and why."""
 
 
-class UnsupportedStdio(StdioError):
+class UnsupportedStdio(StdioError, InvalidInput):
     """The stdio strings ask for something we cannot do; `unimplemented` if it is a feature
     this version lacks rather than bad input."""
 
@@ -24,7 +25,7 @@ class UnsupportedStdio(StdioError):
         self.unimplemented = unimplemented
 
 
-class StdioTimeout(StdioError):
+class StdioTimeout(StdioError, DeadlineExceeded):
     """A party we wait for during set-up (a logging binary, runc's console) never answered."""
 
 
@@ -59,6 +60,11 @@ class ProcessIO:
 
     async def start(self) -> None:
         """After runc create/exec succeeded: let go of the container's ends, start relaying."""
+
+    def unread_stderr(self, limit: int = 8191) -> bytes:
+        """Before start(), after the runtime failed: what it wrote on the process's stderr (its
+        error text, which conmon's parent wants). Never blocks; b"" when there is none."""
+        return b""
 
     async def wait_output(self) -> None:
         """After the process exited: until every byte it wrote has been relayed."""

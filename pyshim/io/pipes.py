@@ -80,6 +80,16 @@ class PipeIO(ProcessIO):
                                                 close_dst=False, on_done=target.close,
                                                 spool=target.spool))
 
+    def unread_stderr(self, limit: int = 8191) -> bytes:
+        fd = self._ours.get("stderr")
+        if fd is None:
+            return b""
+        try:
+            os.set_blocking(fd, False)
+            return os.read(fd, limit)
+        except OSError:  # nothing there (EAGAIN), or the pipe is unusable
+            return b""
+
     def _start_relay(self, stream: str, relay: Relay | LogRelay) -> None:
         self._relays[stream] = relay
         relay.start()

@@ -11,10 +11,11 @@ import contextlib
 import logging
 import os
 
-# Default cap of one stream's spool (memory + file): runtime option `output_spool_max`.
-from pyshim.options import DEFAULT_SPOOL_MAX
-
 log = logging.getLogger("pyshim.io")
+
+# Default cap of one stream's spool (memory + file): containerd runtime option
+# `output_spool_max` (options.py keeps the same default).
+DEFAULT_SPOOL_MAX = 16 * 1024 * 1024
 
 # Held in memory before spilling: a short containerd restart costs no disk at all.
 MEMORY_MAX = 256 * 1024

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from pyshim.errors import EngineError, NotFound, WrongState
 from pyshim.io import ProcessIO, StdioConfig
-from pyshim.ttrpc.status import NotFound, RPCError, Unknown
 
 if TYPE_CHECKING:
     from pyshim.process.container import Container
@@ -56,7 +57,7 @@ class Process:
         # reported after the output is drained).
         self.reaped = False
         self._exited = asyncio.Event()
-        self._wait_error: RPCError | None = None
+        self._wait_error: EngineError | None = None
         self.state: ProcessState = self._initial_state()
         self._lock = asyncio.Lock()
         # The task that reports this process's exit, and whether a Start is still in flight
@@ -77,6 +78,12 @@ class Process:
         if self.is_init:
             return f"container {self.container.id}"
         return f"container {self.container.id} exec {self.id}"
+
+    @property
+    def names(self) -> dict[str, str]:
+        """container_id and process_id ("" for the init), for an EngineError's fields."""
+        return {"container_id": self.container.id,
+                "process_id": "" if self.is_init else self.id}
 
     @property
     def status(self) -> Status:
@@ -106,13 +113,23 @@ class Process:
     def transition(self, state: ProcessState) -> None:
         self.state = state
 
+    def signal(self, signal: int) -> None:
+        """Signal the process itself by pid, no runtime (an exec's Kill; conmon forwarding its
+        SIGTERM): never once it was reaped, so a reused pid is never hit."""
+        if self.reaped or not self.pid:
+            raise NotFound(f"{self.label}: process already finished", **self.names)
+        try:
+            os.kill(self.pid, signal)
+        except ProcessLookupError as error:
+            raise NotFound(f"{self.label}: process already finished", **self.names) from error
+
     def record_exit(self, status: int, time_ns: int) -> None:
         """The exit as reported to containerd: wakes every Wait."""
         self.exit_status = status
         self.exited_at_ns = time_ns
         self._exited.set()
 
-    def release_waiters(self, error: RPCError) -> None:
+    def release_waiters(self, error: EngineError) -> None:
         """Deleted without ever exiting: Wait callers get `error` instead of hanging."""
         if not self._exited.is_set():
             self._wait_error = error
@@ -135,12 +152,14 @@ class ProcessState:
         self.process = process
 
     def refuse(self, message: str) -> NoReturn:
-        raise Unknown(f"{self.process.label}: {message}")
+        raise WrongState(f"{self.process.label}: {message}", **self.process.names, cause=message)
 
     def gone(self) -> NoReturn:
         if self.process.is_init:
-            raise NotFound(f"container {self.process.container.id}: container not created")
-        raise NotFound(f"{self.process.label}: process does not exist {self.process.id}")
+            raise NotFound(f"container {self.process.container.id}: container not created",
+                           **self.process.names)
+        raise NotFound(f"{self.process.label}: process does not exist {self.process.id}",
+                       **self.process.names)
 
     async def start(self) -> None:
         self.refuse(f"cannot start a {self.status.value} process")

@@ -6,16 +6,17 @@ runc), never after it was reaped, so a reused pid is never hit.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from pyshim.errors import FailedPrecondition, NotFound
 from pyshim.process.base import Process, ProcessState, Status
-from pyshim.ttrpc.status import FailedPrecondition, NotFound
 
 
 class ExecProcess(Process):
-    # The OCI process JSON from Exec, spawned by Start (runc exec --process).
-    spec: dict[str, Any]
+    # The OCI process JSON from Exec, spawned by Start (runc exec --process); or None and
+    # `spec_file` names a process JSON file written by the front end's caller.
+    spec: dict[str, Any] | None = None
+    spec_file: str | None = None
 
     def _initial_state(self) -> ProcessState:
         return ExecCreated(self)
@@ -32,13 +33,6 @@ class ExecProcess(Process):
             return init
         return own
 
-    def signal(self, signal: int) -> None:
-        if self.reaped:
-            raise NotFound(f"{self.label}: process already finished")
-        try:
-            os.kill(self.pid, signal)
-        except ProcessLookupError as error:
-            raise NotFound(f"{self.label}: process already finished") from error
 
 
 class ExecCreated(ProcessState):
@@ -56,7 +50,8 @@ class ExecCreated(ProcessState):
         self.process.transition(ExecDeleted(self.process))
 
     async def kill(self, signal: int, all_processes: bool) -> None:
-        raise FailedPrecondition(f"{self.process.label}: process not created")
+        raise FailedPrecondition(f"{self.process.label}: process not created",
+                                 **self.process.names)
 
 
 class ExecRunning(ProcessState):
@@ -76,7 +71,7 @@ class ExecStopped(ProcessState):
         self.process.transition(ExecDeleted(self.process))
 
     async def kill(self, signal: int, all_processes: bool) -> None:
-        raise NotFound(f"{self.process.label}: process already finished")
+        raise NotFound(f"{self.process.label}: process already finished", **self.process.names)
 
     def exited(self) -> None:
         pass

@@ -12,17 +12,18 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from pyshim import bundle as bundle_files
+from pyshim.bundle import ExitRecord
 from pyshim.process.base import Process, Status
 from pyshim.reaper import Exit
 from pyshim.runtime import OCIRuntimeError
 
 if TYPE_CHECKING:
     from pyshim import cgroups
-    from pyshim.process.container import Listener
+    from pyshim.process.config import Listener
     from pyshim.process.exec import ExecProcess
+    from pyshim.process.files import ContainerFiles
     from pyshim.reaper import Reaper
-    from pyshim.runtime import Runc
+    from pyshim.runtime import OCIRuntime
 
 log = logging.getLogger("pyshim.container")
 
@@ -39,7 +40,8 @@ class ExitReporting:
     id: str
     bundle: str
     reaper: Reaper
-    runc: Runc
+    runtime: OCIRuntime
+    files: ContainerFiles
     listener: Listener
     oom_watcher: cgroups.OOMWatcher | None
     oom_killed: bool
@@ -56,17 +58,16 @@ class ExitReporting:
             self._report_exit(process, future), name=f"exit {process.label}")
 
     def _reaped(self, process: Process, exited: Exit) -> None:
-        """At reap time, before anything can wait: the pid is gone, and the exit is on disk
-        (a shim killed right after still leaves `delete` the truth)."""
+        """At reap time, before anything can wait: the pid is gone, and the exit is recorded
+        (containerd: on disk, so a shim killed right after still leaves `delete` the truth)."""
         process.reaped = True
-        path = bundle_files.exit_record_path(self.bundle, None if process.is_init else process.id)
-        record = bundle_files.ExitRecord(exited.status, exited.time_ns, exited.pid,
-                                         process.is_init and self.oom_killed)
+        record = ExitRecord(exited.status, exited.time_ns, exited.pid,
+                            process.is_init and self.oom_killed)
         try:
-            bundle_files.write_exit_record(path, record)
+            self.files.record_exit(None if process.is_init else process.id, record)
         except OSError as error:
-            log.error("%s: cannot record its exit (status %d) in %s: %s",
-                      process.label, exited.status, path, error)
+            log.error("%s: cannot record its exit (status %d): %s",
+                      process.label, exited.status, error)
 
     async def _report_exit(self, process: Process, future: asyncio.Future[Exit]) -> None:
         try:
@@ -105,13 +106,13 @@ class ExitReporting:
     async def _after_init_died(self, process: Process) -> None:
         if process.status in (Status.PAUSED, Status.PAUSING):
             try:
-                await self.runc.resume(self.id)
+                await self.runtime.resume(self.id)
             except OCIRuntimeError as error:
                 log.warning("%s: resume after the init died: %s", process.label, error.message)
         if not self.private_pid_namespace:
             # No pid namespace of its own: the kernel will not kill the rest for us.
             try:
-                await self.runc.kill(self.id, 9, all_processes=True)
+                await self.runtime.kill(self.id, 9, all_processes=True)
             except OCIRuntimeError as error:
                 log.warning("%s: kill --all after the init died: %s", process.label,
                             error.message)

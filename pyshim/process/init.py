@@ -142,3 +142,16 @@ class InitDeleted(_InitState):
 
     def exited(self) -> None:
         pass
+
+
+class InitAdopted(_InitState):
+    """The init of a container another monitor created and watches (conmon's exec sessions):
+    running as far as we know; execs and runtime kills are allowed, its exit is not ours."""
+
+    status = Status.RUNNING
+
+    async def kill(self, signal: int, all_processes: bool) -> None:
+        await self.process.container.runtime_kill(signal, all_processes)
+
+    def check_exec(self) -> None:
+        pass

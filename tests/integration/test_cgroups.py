@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from pyshim.cgroup_metrics import metrics
 from pyshim.cgroups import (
     Cgroup,
     CgroupGone,
@@ -27,7 +28,6 @@ from pyshim.cgroups import (
     OOMWatcher,
     cgroup_of_pid,
     host_mode,
-    metrics,
 )
 from pyshim.protos.cgroups.v1 import metrics_pb2 as v1
 

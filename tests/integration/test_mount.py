@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pyshim.mount import (
+    Mount,
     MountError,
     _private_cwd,
     mount_all,
@@ -25,7 +26,6 @@ from pyshim.mount import (
     unmount_all,
     unmount_all_async,
 )
-from pyshim.protos.containerd.types.mount_pb2 import Mount
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 

@@ -7,21 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from pyshim.cgroup_metrics import metrics, parse_blkio, parse_io_stat, parse_psi
 from pyshim.cgroups import (
     UINT64_MAX,
     Cgroup,
     CgroupGone,
     CgroupMode,
     CgroupNotFound,
-    metrics,
-    parse_blkio,
     parse_flat_keyed,
-    parse_io_stat,
     parse_mountinfo_v1,
     parse_partitions,
     parse_percpu,
     parse_proc_cgroup,
-    parse_psi,
     parse_value,
 )
 from pyshim.protos.cgroups.v1 import metrics_pb2 as v1

@@ -11,9 +11,10 @@ from typing import Any, cast
 
 import pytest
 
+from pyshim.errors import EngineError, FailedPrecondition, NotFound
+from pyshim.errors import WrongState as Unknown  # containerd sees these as UNKNOWN
 from pyshim.io import ProcessIO, StdioConfig
 from pyshim.process import Container, ExecProcess, InitProcess, Status
-from pyshim.ttrpc.status import FailedPrecondition, NotFound, RPCError, Unknown
 
 
 class RecordingContainer:
@@ -67,7 +68,7 @@ def make_exec() -> tuple[RecordingContainer, ExecProcess]:
     return container, process
 
 
-def refused(coroutine: Any, error: type[RPCError], text: str) -> None:
+def refused(coroutine: Any, error: type[EngineError], text: str) -> None:
     with pytest.raises(error) as raised:
         run(coroutine)
     assert text in str(raised.value)
