@@ -636,6 +636,8 @@ class _Watch:
         self.loop = loop
         self.fd = fd
         self.closed = False
+        # Handles what is pending on fd now (the reader callback, run on demand).
+        self.poll: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         if not self.closed:
@@ -674,6 +676,14 @@ class OOMWatcher:
             _log.warning("cannot watch %s for OOM events: %s", key, exc)
             return
         self._watches[key] = watch
+
+    def check(self, key: str) -> None:
+        """Handle an OOM the kernel has signalled but the loop has not delivered yet, now
+        (before an exit is reported: conmon's final check, spec §11.1 of conmon-compat.md).
+        v2 re-reads memory.events whether or not inotify has spoken yet."""
+        watch = self._watches.get(key)
+        if watch is not None:
+            watch.poll()
 
     def remove(self, key: str) -> None:
         watch = self._watches.pop(key, None)
@@ -717,7 +727,8 @@ class OOMWatcher:
                 # The kernel holds its own reference once registered.
                 os.close(control)
             watch = _Watch(self._loop, efd)
-            self._loop.add_reader(efd, self._on_v1_event, key, watch, directory, on_oom)
+            watch.poll = lambda: self._on_v1_event(key, watch, directory, on_oom)
+            self._loop.add_reader(efd, watch.poll)
         except BaseException:
             os.close(efd)
             raise
@@ -753,7 +764,8 @@ class OOMWatcher:
             watch = _Watch(self._loop, fd)
             # containerd's baseline is 0 too: a kill before the watch counts at the next event.
             state = {"oom_kill": 0}
-            self._loop.add_reader(fd, self._on_v2_event, key, watch, directory, state, on_oom)
+            watch.poll = lambda: self._on_v2_event(key, watch, directory, state, on_oom)
+            self._loop.add_reader(fd, watch.poll)
         except BaseException:
             os.close(fd)
             raise
