@@ -1,10 +1,15 @@
 """conmon's attach socket (spec §9): a SEQPACKET unix socket in the bundle that podman and CRI-O
 connect to; output goes out as `<stream byte><chunk>` packets, client bytes go to the stdin.
 
-Owns the listening socket, the symlink of the non-full-attach mode and the clients. As a sink
-of the output fan-out it never holds the pump: each client has a bounded queue and a client
-that falls that far behind is cut off (its write direction shut down, as conmon does at the
-first failed send). Never touches the container's output fds.
+Owns the listening socket, the symlink of the non-full-attach mode and the clients. Never
+touches the container's output fds.
+
+Back-pressure: conmon writes to clients with blocking writes, so one slow client slows the
+whole monitor (logging too) for as long as it likes. Here each client has a queue; a client more
+than `client_backlog` bytes behind holds the pump (like conmon, so a slow terminal still gets
+every byte) but only while it makes progress: one that takes nothing for `stall_timeout`
+seconds is cut off (write direction shut down, as conmon does after a failed send) and the
+pump, with the log, goes on. So the log is never held longer than that by a client.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Awaitable
 
 from pyshim.io.fanin import StdinWriter
 from pyshim.io.fanout import CONMON_CHUNK, OutputSink
@@ -25,8 +31,10 @@ log = logging.getLogger("pyshim.conmon")
 STREAM_PREFIX = {"stdin": b"\x01", "stdout": b"\x02", "stderr": b"\x03"}
 #: One recv from a client (spec §9.3).
 INPUT_CHUNK = 32768
-#: Output queued for one client that does not read, before it is cut off.
+#: Output queued for a client before it holds the pump.
 CLIENT_BACKLOG = 1 << 20
+#: A client over its backlog that takes nothing for this long is cut off.
+STALL_TIMEOUT = 5.0
 BACKLOG = 10
 # sockaddr_un's sun_path holds 108 bytes with the NUL.
 _SUN_PATH_MAX = 107
@@ -57,11 +65,13 @@ class AttachServer(OutputSink):
 
     def __init__(self, path: str, *, stdin: StdinWriter | None = None,
                  close_stdin_on_detach: bool = False,
-                 client_backlog: int = CLIENT_BACKLOG) -> None:
+                 client_backlog: int = CLIENT_BACKLOG,
+                 stall_timeout: float = STALL_TIMEOUT) -> None:
         self.path = path  # the path clients use (through the symlink, if there is one)
         self.stdin = stdin
         self.close_stdin_on_detach = close_stdin_on_detach
         self.client_backlog = client_backlog
+        self.stall_timeout = stall_timeout
         self.clients: list[AttachClient] = []
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,6 +163,14 @@ class AttachServer(OutputSink):
             for client in list(self.clients):
                 client.send(packet)
 
+    def blocked(self) -> Awaitable[None] | None:
+        behind = [client for client in self.clients if client.queued > self.client_backlog]
+        return self._catch_up(behind) if behind else None
+
+    async def _catch_up(self, clients: list[AttachClient]) -> None:
+        await asyncio.gather(*(client.catch_up(self.client_backlog // 2, self.stall_timeout)
+                               for client in clients))
+
     # ---------------------------------------------------------------------- shutting down
 
     def _client_input_ended(self, client: AttachClient) -> None:
@@ -205,6 +223,8 @@ class AttachClient:
         self._input_task: asyncio.Task[None] | None = None
         self._flushed = asyncio.Event()
         self._flushed.set()
+        self._progress = asyncio.Event()  # set whenever queued output went out (or never will)
+        self.sent = 0
         self._loop = asyncio.get_running_loop()
 
     def start(self) -> None:
@@ -228,11 +248,6 @@ class AttachClient:
             self._stop_sending(error)
 
     def _enqueue(self, packet: bytes) -> None:
-        if self.queued + len(packet) > self.server.client_backlog:
-            log.warning("[conmon:w]: attach client %d does not read its output; cutting it off",
-                        self.fd)
-            self._stop_sending(None)
-            return
         self._queue.append(packet)
         self.queued += len(packet)
         self._flushed.clear()
@@ -252,8 +267,22 @@ class AttachClient:
                 return
             self._queue.pop(0)
             self.queued -= len(packet)
+            self.sent += len(packet)
+            self._progress.set()
         self._disarm_writer()
         self._flushed.set()
+
+    async def catch_up(self, low_water: int, stall_timeout: float) -> None:
+        """Until at most low_water bytes are queued; a client that takes nothing for
+        stall_timeout seconds meanwhile is cut off instead."""
+        while self._sending and self.queued > low_water:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), stall_timeout)
+            except TimeoutError:
+                log.warning("[conmon:w]: attach client %d took no output for %.0f s; "
+                            "cutting it off", self.fd, stall_timeout)
+                self._stop_sending(None)
 
     def _disarm_writer(self) -> None:
         if self._writer_armed:
@@ -270,6 +299,7 @@ class AttachClient:
         self.queued = 0
         self._disarm_writer()
         self._flushed.set()
+        self._progress.set()
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_WR)
         if self._input_task is None or self._input_task.done():
@@ -316,4 +346,6 @@ class AttachClient:
         self.server._forget(self)
         self.connection.close()
         self.fd = -1
+        self._sending = False
         self._flushed.set()
+        self._progress.set()
