@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyshim.io.fanout import OutputSink
+from pyshim.io.log_relay import CriLogOutput
 from pyshim.logs import CriLogWriter
 
 log = logging.getLogger("pyshim.conmon")
@@ -91,8 +92,8 @@ def stdio_is_tty() -> bool:
 # --------------------------------------------------------------------------------- k8s-file
 
 
-class K8sFileSink(OutputSink):
-    """conmon's k8s-file (spec §8.2) on the engine's CRI log writer."""
+class K8sFileSink(CriLogOutput):
+    """conmon's k8s-file (spec §8.2): the engine's CRI log sink in conmon's mode."""
 
     name = "k8s-file"
 
@@ -100,13 +101,10 @@ class K8sFileSink(OutputSink):
                  sync: bool = True) -> None:
         # Values <= 0 disable the caps. Every read (at most 8192 bytes) is split at each \n
         # with no buffering across reads, so max_line never has to cut.
-        self.writer = CriLogWriter(
+        super().__init__(CriLogWriter(
             path, max_line=0, max_size=max(size_max, 0), max_total=max(global_size_max, 0),
             timestamps="local", buffer_lines=False, sync=sync,
-        )
-
-    def write(self, stream: str, data: bytes) -> None:
-        self.writer.write(stream, data)
+        ))
 
     def reopen(self) -> None:
         self.writer.reopen()

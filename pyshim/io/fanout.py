@@ -90,9 +90,10 @@ class OutputPump(RelayTask):
     """Reads `src` (a pipe or a pty master) in chunks of at most `chunk` bytes until EOF and
     hands each chunk to every sink of `fanout` as `stream`.
 
-    EIO counts as EOF (a pty master once every slave is closed). At EOF each sink's end() is
-    called. `src` is closed when pumping ends unless close_src=False. Use drained() after the
-    writer exited: it returns once every byte it wrote has been handed to the sinks.
+    EIO counts as EOF (a pty master once every slave is closed). When pumping ends (EOF, or
+    close()) each sink's end() is called once and `src` is closed unless close_src=False.
+    Use drained() after the writer exited: it returns once every byte it wrote has been
+    handed to the sinks.
     """
 
     def __init__(self, src: int, stream: str, fanout: Fanout, *, name: str,
@@ -104,6 +105,7 @@ class OutputPump(RelayTask):
         self.pumped = 0
         self._close_src = close_src
         self._waiting = False  # a chunk is out, some sink has not taken it yet
+        self._ended = False
 
     def start(self) -> None:
         self._start(self.src)
@@ -138,7 +140,6 @@ class OutputPump(RelayTask):
                     finally:
                         self._waiting = False
                 self._progress.set()
-            self.fanout.end(self.stream)
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -151,4 +152,7 @@ class OutputPump(RelayTask):
             with contextlib.suppress(OSError):
                 os.close(self.src)
         self._close_src = False
+        if not self._ended:
+            self._ended = True
+            self.fanout.end(self.stream)
         self._progress.set()
