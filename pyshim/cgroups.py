@@ -654,9 +654,12 @@ class OOMWatcher:
     and skipped; a watch whose cgroup goes away removes itself.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, v2_counter: str = "oom_kill") -> None:
         self._loop = loop
         self._watches: dict[str, _Watch] = {}
+        # The memory.events line whose increase is an OOM: `oom_kill` (containerd), `oom`
+        # (conmon: the limit was hit, whether or not a process was killed for it).
+        self._v2_counter = v2_counter
 
     def __contains__(self, key: object) -> bool:
         return key in self._watches
@@ -763,7 +766,7 @@ class OOMWatcher:
                 _log.debug("cannot watch %s", populated)
             watch = _Watch(self._loop, fd)
             # containerd's baseline is 0 too: a kill before the watch counts at the next event.
-            state = {"oom_kill": 0}
+            state = {"count": 0}
             watch.poll = lambda: self._on_v2_event(key, watch, directory, state, on_oom)
             self._loop.add_reader(fd, watch.poll)
         except BaseException:
@@ -792,9 +795,9 @@ class OOMWatcher:
         if text is None:
             self._drop(key, watch)
             return
-        oom_kill = parse_flat_keyed(text).get("oom_kill", 0)
-        if oom_kill > state["oom_kill"]:
-            state["oom_kill"] = oom_kill
+        count = parse_flat_keyed(text).get(self._v2_counter, 0)
+        if count > state["count"]:
+            state["count"] = count
             self._notify(key, on_oom)
         populated = parse_flat_keyed(_read(directory, "cgroup.events") or "").get("populated")
         if populated == 0:

@@ -1,8 +1,9 @@
 """conmon's OOM marker (spec §11.3): the engine's OOM watch on the container's memory cgroup,
 and on an OOM kill an empty `oom` file in `--persist-dir` and in the bundle (never the cwd).
 
-cgroup v1 (eventfd on memory.oom_control) and v2 (inotify on memory.events, and once more at
-exit) both come from pyshim.cgroups. A watch that cannot be set up is a warning, never fatal.
+cgroup v1 (eventfd on memory.oom_control) and v2 (inotify on memory.events, its `oom` line as
+conmon 2.1 reads it, and once more at exit) both come from pyshim.cgroups. A watch that
+cannot be set up is a warning, never fatal.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class OomMonitor:
 
     def watch_cgroup(self, cgroup: cgroups.Cgroup, *, key: str) -> bool:
         if self._watcher is None:
-            self._watcher = cgroups.OOMWatcher(asyncio.get_running_loop())
+            # v2: conmon 2.1 reads the `oom` line of memory.events, not `oom_kill`.
+            self._watcher = cgroups.OOMWatcher(asyncio.get_running_loop(), v2_counter="oom")
         self._key = key
         self._watcher.add(key, cgroup, self._on_oom)
         return key in self._watcher
