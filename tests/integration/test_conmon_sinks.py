@@ -391,3 +391,34 @@ def test_journald_entries_on_a_real_datagram_socket(
     missing.close()
     warnings = [r for r in caplog.records if "cannot write to the journal" in r.getMessage()]
     assert len(warnings) == 1 and missing.sent == 0
+
+
+def test_journald_entry_too_large_for_a_datagram_goes_in_a_sealed_memfd(short_tmp: Path) -> None:
+    path = short_tmp / "journal.sock"
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(path))
+    journal.setblocking(False)
+    try:
+        sink = JournaldSink(CID, socket_path=str(path))
+        sink.write("stdout", b"small\n")  # opens the socket
+        assert sink._socket is not None
+        sink._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        line = b"z" * 60000 + b"\n"
+        sink.write("stdout", line)
+        sink.close()
+        assert journal.recv(1 << 16).startswith(b"MESSAGE\n\x06\0\0\0\0\0\0\0small\n\n")
+        data, ancillary, _, _ = journal.recvmsg(1 << 16, socket.CMSG_SPACE(4))
+        assert data == b""
+        (level, kind, payload), = ancillary
+        assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+        (fd,) = struct.unpack("i", payload)
+        try:
+            entry = os.pread(fd, 1 << 16, 0)
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        finally:
+            os.close(fd)
+    finally:
+        journal.close()
+    assert entry == sink.entry("stdout", line, partial=False)
+    assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
+    assert sink.sent == 2
