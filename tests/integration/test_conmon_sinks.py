@@ -4,6 +4,7 @@ sockets: one pump feeding the k8s-file and every attach client (spec §7 to §10
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import socket
@@ -25,6 +26,7 @@ from pyshim.conmon.logdrivers import (
 )
 from pyshim.io.fanin import StdinWriter
 from pyshim.io.fanout import Fanout, OutputPump
+from pyshim.reaper import Reaper
 from tests.integration.conmon_helpers import (
     connect,
     eventually,
@@ -422,3 +424,68 @@ def test_journald_entry_too_large_for_a_datagram_goes_in_a_sealed_memfd(short_tm
     assert entry == sink.entry("stdout", line, partial=False)
     assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
     assert sink.sent == 2
+
+
+def test_terminal_session_through_the_attach_socket(short_tmp: Path) -> None:
+    """A process on a pty: a resize sent before the terminal exists reaches `stty size`, client
+    input goes to the master, echo and output come back as stdout packets with \\r\\n, and the
+    k8s-file keeps the \\r (spec §5.3, §9, §10, §19 item 6)."""
+    log_path = short_tmp / "ctr.log"
+    master, slave = os.openpty()
+
+    async def scenario() -> bytes:
+        reaper = Reaper()
+        reaper.install(asyncio.get_running_loop())
+        try:
+            drivers = open_log_drivers(parse_log_paths([str(log_path)]), cid=CID)
+            sizer = WindowSizer()
+            fifos = ControlFifos(str(short_tmp), on_resize=sizer.resize,
+                                 on_reopen=drivers.reopen)
+            fifos.start()
+            ctl = os.open(short_tmp / "ctl", os.O_WRONLY | os.O_NONBLOCK)
+            os.write(ctl, b"1 40 100\n")
+            os.close(ctl)
+            await eventually(lambda: sizer.size == (40, 100))
+            # The console arrives: resize it, feed it, pump it.
+            sizer.set_master(master)
+            stdin = StdinWriter()
+            stdin.set_target(os.dup(master))
+            server = AttachServer.create(bundle=str(short_tmp), cuuid=CID, full_attach=True,
+                                         stdin=stdin)
+            server.start()
+            pump = OutputPump(os.dup(master), "stdout", Fanout([*drivers.sinks, server]),
+                              name="terminal")
+            pump.start()
+            client = connect(short_tmp / "attach")
+            await eventually(lambda: len(server.clients) == 1)
+            _, exited = reaper.spawn(["/bin/sh", "-c", "stty size; read -r l; echo got:$l"],
+                                     stdin=slave, stdout=slave, stderr=slave)
+            os.close(slave)
+            loop = asyncio.get_running_loop()
+            received = b""
+            while b"40 100\r\n" not in received:
+                received += (await loop.sock_recv(client, 8193))[1:]
+            await loop.sock_sendall(client, b"typed\n")
+            assert (await exited).status == 0
+            await pump.wait()  # EIO once the last slave is closed
+            drivers.close()
+            await server.close()
+            received += b"".join(p[1:] for p in await receive_until_eof(client))
+            client.close()
+            stdin.close()
+            fifos.close()
+            return received
+        finally:
+            reaper.uninstall()
+
+    try:
+        received = run(scenario)
+    finally:
+        os.close(master)
+        with contextlib.suppress(OSError):
+            os.close(slave)
+    assert received == b"40 100\r\ntyped\r\ngot:typed\r\n"
+    logged = records(log_path)
+    assert {stream for _, stream, _, _ in logged} == {"stdout"}
+    assert b"".join(content + (b"\n" if tag == "F" else b"")
+                    for _, _, tag, content in logged) == received
