@@ -1,32 +1,25 @@
-"""The conmon monitor's output and input paths on real pipes, FIFOs, ptys, files and SEQPACKET
-sockets: one pump feeding the k8s-file and every attach client (spec §7 to §10)."""
+"""The conmon monitor's output and input paths on real pipes, files and SEQPACKET sockets: one
+pump feeding the k8s-file and every attach client, stdin from clients (spec §7 to §9)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
 import socket
 import stat
-import struct
 import subprocess
-import termios
 from pathlib import Path
 
 import pytest
 
 from pyshim.conmon.attach import AttachError, AttachServer
-from pyshim.conmon.ctl import ControlFifos, WindowSizer
 from pyshim.conmon.logdrivers import (
-    JournaldSink,
     LogDriverError,
     open_log_drivers,
     parse_log_paths,
 )
 from pyshim.io.fanin import StdinWriter
 from pyshim.io.fanout import Fanout, OutputPump
-from pyshim.reaper import Reaper
 from tests.integration.conmon_helpers import (
     connect,
     eventually,
@@ -265,59 +258,6 @@ def test_missing_socket_dir_is_conmons_error(tmp_path: Path) -> None:
                             socket_dir=str(tmp_path / "missing"))
 
 
-def window_size(fd: int) -> tuple[int, int]:
-    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-    return rows, cols
-
-
-def test_ctl_and_winsz_resize_a_terminal_and_reopen_the_log(short_tmp: Path) -> None:
-    log_path = short_tmp / "ctr.log"
-    master, slave = os.openpty()
-
-    async def scenario() -> None:
-        drivers = open_log_drivers(parse_log_paths([str(log_path)]), cid=CID)
-        assert drivers.k8s_file is not None
-        drivers.k8s_file.write("stdout", b"before\n")
-        sizer = WindowSizer()
-        fifos = ControlFifos(str(short_tmp), on_resize=sizer.resize, on_reopen=drivers.reopen)
-        fifos.start()
-        ctl = os.open(short_tmp / "ctl", os.O_WRONLY | os.O_NONBLOCK)
-        winsz = os.open(short_tmp / "winsz", os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            os.write(ctl, b"1 40 100\n")  # before the terminal exists: applied when it does
-            await eventually(lambda: sizer.size == (40, 100))
-            sizer.set_master(master)
-            assert window_size(slave) == (40, 100)
-            inode = os.stat(log_path).st_ino
-            os.write(ctl, b"1 50 132\n2 0 0\n")  # two lines in one write: both handled
-            await eventually(lambda: os.stat(log_path).st_ino != inode)
-            assert window_size(slave) == (50, 132)
-            assert log_path.read_bytes() == b""
-            drivers.k8s_file.write("stdout", b"after\n")
-            os.write(winsz, b"30 80\n")
-            await eventually(lambda: window_size(slave) == (30, 80))
-            os.write(ctl, b"bogus\n9 9 9\n1 24 8")
-            os.write(ctl, b"0\n")
-            await eventually(lambda: window_size(slave) == (24, 80))
-        finally:
-            os.close(ctl)
-            os.close(winsz)
-            fifos.close()
-            drivers.close()
-
-    try:
-        run(scenario)
-    finally:
-        os.close(master)
-        os.close(slave)
-    assert [content for *_, content in records(log_path)] == [b"after"]
-    umask = os.umask(0)
-    os.umask(umask)
-    for name in ("ctl", "winsz"):  # left in place for podman's cleanup
-        mode = os.stat(short_tmp / name).st_mode
-        assert stat.S_ISFIFO(mode) and stat.S_IMODE(mode) == 0o660 & ~umask
-
-
 def test_log_size_max_and_global_size_max(tmp_path: Path) -> None:
     """Truncation (the file never holds more than the limit, the newest records stay) and the
     global cap (the crossing record is written whole, the rest dropped)."""
@@ -348,144 +288,3 @@ def test_log_file_errors_are_conmons(tmp_path: Path) -> None:
     drivers.close()
     with pytest.raises(LogDriverError, match="longer than 12"):
         open_log_drivers(parse_log_paths(["journald"]), cid="short")
-
-
-def test_journald_entries_on_a_real_datagram_socket(
-    short_tmp: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = short_tmp / "journal.sock"
-    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    journal.bind(str(path))
-    journal.setblocking(False)
-    try:
-        sink = JournaldSink(CID, name="web", socket_path=str(path))
-        sink.write("stdout", b"a\nb")
-        sink.write("stdout", b"c\n")
-        sink.write("stderr", b"e" * 9000)  # more than a partial line may hold: sent partial
-        sink.write("stdout", b"tail")
-        sink.close()  # flushes the partial line as a partial entry
-        entries = []
-        while True:
-            try:
-                entries.append(journal.recv(1 << 20))
-            except BlockingIOError:
-                break
-    finally:
-        journal.close()
-
-    def message(entry: bytes) -> bytes:
-        if entry.startswith(b"MESSAGE="):
-            return entry[8 : entry.index(b"\n")]
-        assert entry.startswith(b"MESSAGE\n")
-        (length,) = struct.unpack("<Q", entry[8:16])
-        return entry[16 : 16 + length]
-
-    assert [message(e) for e in entries] == [b"a\n", b"bc\n", b"e" * 9000, b"tail"]
-    assert [b"CONTAINER_PARTIAL_MESSAGE=true\n" in e for e in entries] == [
-        False, False, True, True]
-    assert [b"PRIORITY=3\n" in e for e in entries] == [False, False, True, False]
-    assert sink.sent == 4
-
-    missing = JournaldSink(CID, socket_path=str(short_tmp / "no-journal"))
-    with caplog.at_level("WARNING", logger="pyshim.conmon"):
-        missing.write("stdout", b"lost\n")
-        missing.write("stdout", b"lost too\n")
-    missing.close()
-    warnings = [r for r in caplog.records if "cannot write to the journal" in r.getMessage()]
-    assert len(warnings) == 1 and missing.sent == 0
-
-
-def test_journald_entry_too_large_for_a_datagram_goes_in_a_sealed_memfd(short_tmp: Path) -> None:
-    path = short_tmp / "journal.sock"
-    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    journal.bind(str(path))
-    journal.setblocking(False)
-    try:
-        sink = JournaldSink(CID, socket_path=str(path))
-        sink.write("stdout", b"small\n")  # opens the socket
-        assert sink._socket is not None
-        sink._socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        line = b"z" * 60000 + b"\n"
-        sink.write("stdout", line)
-        sink.close()
-        assert journal.recv(1 << 16).startswith(b"MESSAGE\n\x06\0\0\0\0\0\0\0small\n\n")
-        data, ancillary, _, _ = journal.recvmsg(1 << 16, socket.CMSG_SPACE(4))
-        assert data == b""
-        (level, kind, payload), = ancillary
-        assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
-        (fd,) = struct.unpack("i", payload)
-        try:
-            entry = os.pread(fd, 1 << 16, 0)
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-        finally:
-            os.close(fd)
-    finally:
-        journal.close()
-    assert entry == sink.entry("stdout", line, partial=False)
-    assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
-    assert sink.sent == 2
-
-
-def test_terminal_session_through_the_attach_socket(short_tmp: Path) -> None:
-    """A process on a pty: a resize sent before the terminal exists reaches `stty size`, client
-    input goes to the master, echo and output come back as stdout packets with \\r\\n, and the
-    k8s-file keeps the \\r (spec §5.3, §9, §10, §19 item 6)."""
-    log_path = short_tmp / "ctr.log"
-    master, slave = os.openpty()
-
-    async def scenario() -> bytes:
-        reaper = Reaper()
-        reaper.install(asyncio.get_running_loop())
-        try:
-            drivers = open_log_drivers(parse_log_paths([str(log_path)]), cid=CID)
-            sizer = WindowSizer()
-            fifos = ControlFifos(str(short_tmp), on_resize=sizer.resize,
-                                 on_reopen=drivers.reopen)
-            fifos.start()
-            ctl = os.open(short_tmp / "ctl", os.O_WRONLY | os.O_NONBLOCK)
-            os.write(ctl, b"1 40 100\n")
-            os.close(ctl)
-            await eventually(lambda: sizer.size == (40, 100))
-            # The console arrives: resize it, feed it, pump it.
-            sizer.set_master(master)
-            stdin = StdinWriter()
-            stdin.set_target(os.dup(master))
-            server = AttachServer.create(bundle=str(short_tmp), cuuid=CID, full_attach=True,
-                                         stdin=stdin)
-            server.start()
-            pump = OutputPump(os.dup(master), "stdout", Fanout([*drivers.sinks, server]),
-                              name="terminal")
-            pump.start()
-            client = connect(short_tmp / "attach")
-            await eventually(lambda: len(server.clients) == 1)
-            _, exited = reaper.spawn(["/bin/sh", "-c", "stty size; read -r l; echo got:$l"],
-                                     stdin=slave, stdout=slave, stderr=slave)
-            os.close(slave)
-            loop = asyncio.get_running_loop()
-            received = b""
-            while b"40 100\r\n" not in received:
-                received += (await loop.sock_recv(client, 8193))[1:]
-            await loop.sock_sendall(client, b"typed\n")
-            assert (await exited).status == 0
-            await pump.wait()  # EIO once the last slave is closed
-            drivers.close()
-            await server.close()
-            received += b"".join(p[1:] for p in await receive_until_eof(client))
-            client.close()
-            stdin.close()
-            fifos.close()
-            return received
-        finally:
-            reaper.uninstall()
-
-    try:
-        received = run(scenario)
-    finally:
-        os.close(master)
-        with contextlib.suppress(OSError):
-            os.close(slave)
-    assert received == b"40 100\r\ntyped\r\ngot:typed\r\n"
-    logged = records(log_path)
-    assert {stream for _, stream, _, _ in logged} == {"stdout"}
-    assert b"".join(content + (b"\n" if tag == "F" else b"")
-                    for _, _, tag, content in logged) == received
