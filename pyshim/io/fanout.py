@@ -135,8 +135,7 @@ class OutputPump(RelayTask):
                 if waits:
                     self._waiting = True
                     try:
-                        for wait in waits:
-                            await wait
+                        await self._wait_for(waits)
                     finally:
                         self._waiting = False
                 self._progress.set()
@@ -146,6 +145,21 @@ class OutputPump(RelayTask):
             log.exception("output pump %s failed", self.name)
         finally:
             self._finish()
+
+    async def _wait_for(self, waits: list[Awaitable[None]]) -> None:
+        """Until each blocked sink has room; a failing wait is logged (that sink is not
+        waited for again until it blocks again), a cancelled one closes the rest."""
+        try:
+            while waits:
+                try:
+                    await waits.pop(0)
+                except Exception:
+                    log.exception("output pump %s: waiting for a sink failed", self.name)
+        finally:
+            for wait in waits:  # never awaited (cancelled meanwhile): no "never awaited" noise
+                close = getattr(wait, "close", None)
+                if close is not None:
+                    close()
 
     def _finish(self) -> None:
         if self._close_src and self.src >= 0:
