@@ -10,6 +10,7 @@ import ctypes
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -741,16 +742,19 @@ class OOMWatcher:
         self, key: str, watch: _Watch, directory: str, on_oom: Callable[[str], None]
     ) -> None:
         try:
-            os.read(watch.fd, 8)
+            count = int.from_bytes(os.read(watch.fd, 8), sys.byteorder)
         except BlockingIOError:
             return
         except OSError as exc:
             _log.warning("OOM watch of %s failed: %s", key, exc)
             self._drop(key, watch)
             return
-        # The kernel also signals the eventfd when the cgroup is removed.
+        # The kernel also signals the eventfd when the cgroup is removed: one event then is the
+        # removal, more (read at once) were an OOM before it (conmon reads them so too).
         if not os.path.isdir(directory):
             self._drop(key, watch)
+            if count > 1:
+                self._notify(key, on_oom)
             return
         self._notify(key, on_oom)
 

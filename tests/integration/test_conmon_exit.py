@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import prctl
 import pytest
 
-from pyshim.cgroups import Cgroup, CgroupMode
+from pyshim.cgroups import Cgroup, CgroupMode, OOMWatcher
 from pyshim.conmon.attach import AttachServer
 from pyshim.conmon.exits import (
     ExitCommand,
@@ -229,6 +230,35 @@ def test_final_check_catches_an_oom_the_loop_has_not_seen(tmp_path: Path) -> Non
     finally:
         sandbox.remove()
     assert (tmp_path / "oom").exists()
+
+
+@pytest.mark.parametrize(("events", "oom"), [(1, False), (2, True)])
+def test_v1_events_read_after_the_cgroup_went(tmp_path: Path, events: int, oom: bool) -> None:
+    """The eventfd also counts the cgroup's removal: one event with the cgroup gone is only
+    that; more were an OOM before it (as conmon reads them). The kernel's side is stood in for:
+    plain files for the cgroup, the count written into the watch's eventfd."""
+    memory = tmp_path / "memory"
+    memory.mkdir()
+    for name in ("memory.oom_control", "cgroup.event_control"):
+        (memory / name).write_text("")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+
+    async def scenario() -> bool:
+        watcher = OOMWatcher(asyncio.get_running_loop())
+        monitor = OomMonitor(bundle=str(bundle), persist_dir=None, watcher=watcher)
+        try:
+            assert monitor.watch_cgroup(Cgroup(CgroupMode.V1, paths={"memory": str(memory)}),
+                                        key="c")
+            shutil.rmtree(memory)
+            os.write(watcher._watches["c"].fd, events.to_bytes(8, sys.byteorder))
+            monitor.final_check()
+            return monitor.oom_killed
+        finally:
+            monitor.close()
+
+    assert run(scenario) is oom
+    assert (bundle / "oom").exists() is oom
 
 
 def test_v2_oom_is_read_from_memory_events_at_the_final_check(tmp_path: Path) -> None:
