@@ -58,6 +58,10 @@ def _write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool 
             os.close(directory_fd)
 
 
+#: Public for the conmon front end's exit files (same guarantees, its own modes).
+write_atomically = _write_atomically
+
+
 def write_address(bundle: str, address: str) -> None:
     """<bundle>/address (containerd 1.6/1.7 read it back on restart)."""
     _write_atomically(os.path.join(bundle, ADDRESS), address)

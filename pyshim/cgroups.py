@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -301,6 +302,8 @@ class _Watch:
         self.loop = loop
         self.fd = fd
         self.closed = False
+        # Handles what is pending on fd now (the reader callback, run on demand).
+        self.poll: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         if not self.closed:
@@ -317,9 +320,12 @@ class OOMWatcher:
     and skipped; a watch whose cgroup goes away removes itself.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, v2_counter: str = "oom_kill") -> None:
         self._loop = loop
         self._watches: dict[str, _Watch] = {}
+        # The memory.events line whose increase is an OOM: `oom_kill` (containerd), `oom`
+        # (conmon: the limit was hit, whether or not a process was killed for it).
+        self._v2_counter = v2_counter
 
     def __contains__(self, key: object) -> bool:
         return key in self._watches
@@ -339,6 +345,14 @@ class OOMWatcher:
             _log.warning("cannot watch %s for OOM events: %s", key, exc)
             return
         self._watches[key] = watch
+
+    def check(self, key: str) -> None:
+        """Handle an OOM the kernel has signalled but the loop has not delivered yet, now
+        (before an exit is reported: conmon's final check, spec §11.1 of conmon-compat.md).
+        v2 re-reads memory.events whether or not inotify has spoken yet."""
+        watch = self._watches.get(key)
+        if watch is not None:
+            watch.poll()
 
     def remove(self, key: str) -> None:
         watch = self._watches.pop(key, None)
@@ -382,7 +396,8 @@ class OOMWatcher:
                 # The kernel holds its own reference once registered.
                 os.close(control)
             watch = _Watch(self._loop, efd)
-            self._loop.add_reader(efd, self._on_v1_event, key, watch, directory, on_oom)
+            watch.poll = lambda: self._on_v1_event(key, watch, directory, on_oom)
+            self._loop.add_reader(efd, watch.poll)
         except BaseException:
             os.close(efd)
             raise
@@ -392,16 +407,19 @@ class OOMWatcher:
         self, key: str, watch: _Watch, directory: str, on_oom: Callable[[str], None]
     ) -> None:
         try:
-            os.read(watch.fd, 8)
+            count = int.from_bytes(os.read(watch.fd, 8), sys.byteorder)
         except BlockingIOError:
             return
         except OSError as exc:
             _log.warning("OOM watch of %s failed: %s", key, exc)
             self._drop(key, watch)
             return
-        # The kernel also signals the eventfd when the cgroup is removed.
+        # The kernel also signals the eventfd when the cgroup is removed: one event then is the
+        # removal, more (read at once) were an OOM before it (conmon reads them so too).
         if not os.path.isdir(directory):
             self._drop(key, watch)
+            if count > 1:
+                self._notify(key, on_oom)
             return
         self._notify(key, on_oom)
 
@@ -417,8 +435,9 @@ class OOMWatcher:
                 _log.debug("cannot watch %s", populated)
             watch = _Watch(self._loop, fd)
             # containerd's baseline is 0 too: a kill before the watch counts at the next event.
-            state = {"oom_kill": 0}
-            self._loop.add_reader(fd, self._on_v2_event, key, watch, directory, state, on_oom)
+            state = {"count": 0}
+            watch.poll = lambda: self._on_v2_event(key, watch, directory, state, on_oom)
+            self._loop.add_reader(fd, watch.poll)
         except BaseException:
             os.close(fd)
             raise
@@ -445,9 +464,9 @@ class OOMWatcher:
         if text is None:
             self._drop(key, watch)
             return
-        oom_kill = parse_flat_keyed(text).get("oom_kill", 0)
-        if oom_kill > state["oom_kill"]:
-            state["oom_kill"] = oom_kill
+        count = parse_flat_keyed(text).get(self._v2_counter, 0)
+        if count > state["count"]:
+            state["count"] = count
             self._notify(key, on_oom)
         populated = parse_flat_keyed(read_file(directory, "cgroup.events") or "").get("populated")
         if populated == 0:
