@@ -73,7 +73,7 @@ def _run(values: args.Values) -> int:
 
 def _monitor_not_built(daemon: launch.Daemon) -> int:
     """Until the monitor exists: tell the parent on the sync channel, as a failed create would."""
-    from pyshim.conmon import channels
+    from pyshim.conmon import channels, launch
 
     options = daemon.config.options
     key = channels.result_key(api_version=options.api_version, exec_mode=options.exec)

@@ -154,6 +154,7 @@ def become_daemon(config: ConmonConfig, environ: Mapping[str, str], inherited: t
                   start: int | None) -> Daemon:
     """§4.1 steps 6-7 in the daemon: take the sync (and attach) channel, leave the caller's
     stdio (unless passthrough logging), own session, child subreaper."""
+    inherited = tuple(fd for fd in inherited if _is_open(fd))  # the start channel is closed
     sync = take_channel(environ, channels.SYNC_PIPE)
     attach = None
     if config.options.exec_attach:
