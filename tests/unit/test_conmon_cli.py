@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyshim import __version__
-from pyshim.conmon.cli import main, version_text
+from pyshim.conmon.cli import CALLER_LC_CTYPE, main, restore_caller_environment, version_text
 
 WRAPPER = Path(__file__).resolve().parents[2] / "bin" / "pyshim-conmon"
 #: podman's check of the first line (libpod/oci_conmon_linux.go), wants >= 2.0.1.
@@ -40,8 +40,24 @@ def test_version_among_other_options_goes_through_python(args: list[str]) -> Non
     assert (result.returncode, result.stdout) == (0, version_text())
 
 
-def test_anything_else_is_refused_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_command_lines_are_refused_as_conmon_does(
+        capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-c", "x", "--", "--version"]) == 1
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert "not implemented" in captured.err and "pyshim-conmon" in captured.err
+    assert capsys.readouterr() == ("", "[conmon:e] Container UUID not provided. Use --cuuid\n")
+    assert main(["--bogus", "--version"]) == 1
+    assert capsys.readouterr() == ("conmon: option parsing failed: Unknown option --bogus\n", "")
+
+
+@pytest.mark.parametrize(("note", "before", "after"), [
+    ("", {"LC_CTYPE": "C.UTF-8"}, {}),  # unset by the caller: coercion's value goes
+    ("=C", {"LC_CTYPE": "C.UTF-8"}, {"LC_CTYPE": "C"}),
+    ("=", {"LC_CTYPE": "C.UTF-8"}, {"LC_CTYPE": ""}),
+    (None, {"LC_CTYPE": "C.UTF-8"}, {"LC_CTYPE": "C.UTF-8"}),  # not started by bin/pyshim
+])
+def test_caller_lc_ctype_is_restored(note: str | None, before: dict[str, str],
+                                     after: dict[str, str]) -> None:
+    environ = dict(before)
+    if note is not None:
+        environ[CALLER_LC_CTYPE] = note
+    restore_caller_environment(environ)
+    assert environ == after

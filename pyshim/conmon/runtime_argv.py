@@ -1,0 +1,65 @@
+"""The OCI runtime's command line for a conmon-style monitor (spec §5.1), as conmon 2.1.6 builds
+it: a pure function of the validated configuration and the console socket's path.
+
+The result is a plain frozen value (the runtime's path and its argv), ready to be handed to the
+engine's runtime description; nothing here runs anything. `--log`/`--log-format` are not ours to
+add: podman passes them as `--runtime-arg`s, and they go through verbatim like every other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyshim.conmon.validate import ConmonConfig, Mode
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeCommand:
+    """`argv[0]` is the runtime's path (execv'd as given: no PATH search)."""
+
+    argv: tuple[str, ...]
+    #: create, restore or exec: what the runtime is asked to do.
+    subcommand: str
+
+    @property
+    def path(self) -> str:
+        return self.argv[0]
+
+
+def runtime_command(config: ConmonConfig, console_socket: str | None = None) -> RuntimeCommand:
+    """create:  RUNTIME [--systemd-cgroup] [RUNTIME-ARG...] create --bundle B --pid-file P
+                    [--no-pivot] [--no-new-keyring] [RUNTIME-OPT...] [--console-socket S] CID
+    restore: ... restore --bundle B --pid-file P [--no-pivot] [--no-new-keyring] --detach
+                    --image-path DIR --work-path B [RUNTIME-OPT...] [--console-socket S] CID
+    exec:    RUNTIME [RUNTIME-ARG...] exec --pid-file P --process SPEC --detach [--tty]
+                    [RUNTIME-OPT...] [--console-socket S] CID
+    """
+    options = config.options
+    argv = [config.runtime]
+    if config.mode is not Mode.EXEC and options.systemd_cgroup:
+        argv.append("--systemd-cgroup")
+    argv.extend(options.runtime_args)
+    if config.mode is Mode.EXEC:
+        assert options.exec_process_spec is not None  # validation requires it
+        argv += ["exec", "--pid-file", config.container_pidfile,
+                 "--process", options.exec_process_spec, "--detach"]
+        if options.terminal:
+            # conmon 2.1.6 adds it (2.1.11 dropped it: the process JSON says terminal: true);
+            # runc accepts both, and we match the version we report.
+            argv.append("--tty")
+    else:
+        assert config.bundle is not None  # create/restore default to the cwd
+        argv += [config.mode.value, "--bundle", config.bundle,
+                 "--pid-file", config.container_pidfile]
+        if options.no_pivot:
+            argv.append("--no-pivot")
+        if options.no_new_keyring:
+            argv.append("--no-new-keyring")
+        if config.mode is Mode.RESTORE:
+            assert options.restore is not None
+            argv += ["--detach", "--image-path", options.restore, "--work-path", config.bundle]
+    argv.extend(options.runtime_opts)  # --runtime-opt and --restore-arg, interleaved in order
+    if console_socket is not None:
+        argv += ["--console-socket", console_socket]
+    argv.append(config.cid)
+    return RuntimeCommand(argv=tuple(argv), subcommand=config.mode.value)
