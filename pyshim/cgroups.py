@@ -14,12 +14,18 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cache
 
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
+# Not typing.TYPE_CHECKING: see pyshim.logs (mypy honours any constant of this name).
+TYPE_CHECKING = False
+# The Metrics messages are imported where they are built: locating cgroups and watching them
+# for OOM (all the conmon monitor needs) must not cost protobuf (~2.6 MiB of every daemon).
+if TYPE_CHECKING:
+    from google.protobuf import any_pb2
+    from google.protobuf.message import Message
 
-from pyshim.protos.cgroups.v1 import metrics_pb2 as v1
-from pyshim.protos.cgroups.v2 import metrics_pb2 as v2
+    from pyshim.protos.cgroups.v1 import metrics_pb2 as v1
+    from pyshim.protos.cgroups.v2 import metrics_pb2 as v2
 
 __all__ = [
     "Cgroup",
@@ -263,6 +269,8 @@ def parse_blkio(
     text: str, devices: Mapping[tuple[int, int], str] | None = None
 ) -> list[v1.BlkIOEntry]:
     """A v1 blkio file: `major:minor Op value` lines (or `major:minor value`); `Total` skipped."""
+    from pyshim.protos.cgroups.v1 import metrics_pb2 as v1
+
     entries: list[v1.BlkIOEntry] = []
     for line in text.splitlines():
         parts = line.split()
@@ -284,6 +292,8 @@ def parse_blkio(
 
 def parse_io_stat(text: str) -> list[v2.IOEntry]:
     """v2 io.stat: `major:minor rbytes=… wbytes=… rios=… wios=… …` lines."""
+    from pyshim.protos.cgroups.v2 import metrics_pb2 as v2
+
     entries: list[v2.IOEntry] = []
     for line in text.splitlines():
         parts = line.split()
@@ -300,6 +310,8 @@ def parse_io_stat(text: str) -> list[v2.IOEntry]:
 
 def parse_psi(text: str) -> v2.PSIStats:
     """A *.pressure file: `some|full avg10=… avg60=… avg300=… total=…` lines."""
+    from pyshim.protos.cgroups.v2 import metrics_pb2 as v2
+
     stats = v2.PSIStats()
     for line in text.splitlines():
         kind, *pairs = line.split()
@@ -423,6 +435,8 @@ def _hugetlb_sizes(directory: str, suffix: str) -> list[str]:
 
 
 def _memory_entry_v1(directory: str, prefix: str) -> v1.MemoryEntry | None:
+    from pyshim.protos.cgroups.v1 import metrics_pb2 as v1
+
     entry = v1.MemoryEntry()
     found = False
     for name, suffix in _V1_MEMORY_ENTRY_FILES:
@@ -434,6 +448,8 @@ def _memory_entry_v1(directory: str, prefix: str) -> v1.MemoryEntry | None:
 
 
 def _memory_v1(metrics: v1.Metrics, directory: str) -> None:
+    from pyshim.protos.cgroups.v1 import metrics_pb2 as v1
+
     memory = v1.MemoryStat()
     found = _set_fields(
         memory, parse_flat_keyed(_read(directory, "memory.stat") or ""), _V1_MEMORY_KEYS
@@ -505,6 +521,8 @@ def _hugetlb_v1(metrics: v1.Metrics, directory: str) -> None:
 
 
 def _metrics_v1(cgroup: Cgroup) -> v1.Metrics:
+    from pyshim.protos.cgroups.v1 import metrics_pb2 as v1
+
     wanted = ("memory", "cpu", "cpuacct", "pids", "blkio", "hugetlb")
     known = {name: cgroup.paths[name] for name in wanted if name in cgroup.paths}
     present = {name: path for name, path in known.items() if os.path.isdir(path)}
@@ -529,10 +547,15 @@ def _metrics_v1(cgroup: Cgroup) -> v1.Metrics:
     return metrics
 
 
-# MemoryStat fields 1-31 are named after their memory.stat keys (the rest come from other files).
-_V2_MEMORY_STAT_KEYS = [
-    entry.name for entry in v2.MemoryStat.DESCRIPTOR.fields if entry.number <= 31
-]
+@cache
+def _v2_memory_stat_keys() -> list[str]:
+    """MemoryStat fields 1-31 are named after their memory.stat keys (the rest come from other
+    files)."""
+    from pyshim.protos.cgroups.v2 import metrics_pb2 as v2
+
+    return [entry.name for entry in v2.MemoryStat.DESCRIPTOR.fields if entry.number <= 31]
+
+
 _V2_CPU_STAT_KEYS = [
     "usage_usec",
     "user_usec",
@@ -553,6 +576,8 @@ def _psi_into(target: v2.PSIStats, directory: str, name: str) -> None:
 
 
 def _metrics_v2(cgroup: Cgroup) -> v2.Metrics:
+    from pyshim.protos.cgroups.v2 import metrics_pb2 as v2
+
     directory = cgroup.path
     if not os.path.isdir(directory):
         raise CgroupGone(f"cgroup {directory} does not exist")
@@ -571,7 +596,7 @@ def _metrics_v2(cgroup: Cgroup) -> v2.Metrics:
 
     memory = v2.MemoryStat()
     stat = parse_flat_keyed(_read(directory, "memory.stat") or "")
-    found = _set_fields(memory, stat, ((key, key) for key in _V2_MEMORY_STAT_KEYS))
+    found = _set_fields(memory, stat, ((key, key) for key in _v2_memory_stat_keys()))
     for name, file, max_value in (
         ("usage", "memory.current", None),
         ("usage_limit", "memory.max", UINT64_MAX),
@@ -618,6 +643,8 @@ def metrics(cgroup: Cgroup) -> any_pb2.Any:
     Missing files and controllers are left out; CgroupGone if the cgroup no longer exists
     (v1: none of its statistics controllers' directories is left).
     """
+    from google.protobuf import any_pb2
+
     message: Message = _metrics_v1(cgroup) if cgroup.mode is CgroupMode.V1 else _metrics_v2(cgroup)
     out = any_pb2.Any()
     # The bare full name: containerd's type URLs have no type.googleapis.com/ prefix, which

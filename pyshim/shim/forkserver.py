@@ -35,6 +35,10 @@ log = logging.getLogger("pyshim.forkserver")
 PRELOAD = (
     "pyshim.shim.daemon",
     "pyshim.shim.info",
+    # pyshim.cgroups imports these at the first Stats (the conmon monitor never needs them).
+    "google.protobuf.any_pb2",
+    "pyshim.protos.cgroups.v1.metrics_pb2",
+    "pyshim.protos.cgroups.v2.metrics_pb2",
     "json",
     "tempfile",
     "traceback",
