@@ -35,6 +35,11 @@ log = logging.getLogger("pyshim.forkserver")
 PRELOAD = (
     "pyshim.shim.daemon",
     "pyshim.shim.info",
+    # What the containerd front end's Stats (pyshim.cgroup_metrics) builds; the engine never
+    # imports them (the conmon monitor does not need them).
+    "google.protobuf.any_pb2",
+    "pyshim.protos.cgroups.v1.metrics_pb2",
+    "pyshim.protos.cgroups.v2.metrics_pb2",
     "json",
     "tempfile",
     "traceback",
