@@ -106,9 +106,10 @@ def containers_by_id(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def shim_of(snapshot: dict[str, Any], container_id: str) -> dict[str, Any]:
-    [shim] = [shim for shim in snapshot["shims"]
-              if container_id in {c["id"] for c in shim["containers"]}]
-    return shim
+    shims: list[dict[str, Any]] = [shim for shim in snapshot["shims"]
+                                   if container_id in {c["id"] for c in shim["containers"]}]
+    assert len(shims) == 1, shims
+    return shims[0]
 
 
 def pid_gone(pid: int) -> bool:
