@@ -65,6 +65,8 @@ def serve(config: DaemonConfig, listener: socket.socket) -> int:
     """Serve until the last container is gone and Shutdown was called; returns the exit code."""
     become_subreaper()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # SIGUSR1 asks for a debug dump (installed once the loop runs): never fatal meanwhile.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     configure_logging(config)
     return uvloop.run(_serve(config, listener))
 

@@ -95,6 +95,9 @@ class Introspect:
         with contextlib.suppress(RuntimeError, ValueError, OSError):
             faulthandler.unregister(DEBUG_SIGNAL)
         loop.remove_signal_handler(DEBUG_SIGNAL)
+        # Not back to the default (terminate): a late `pyshim debug` must not kill a shim
+        # that is finishing its shutdown.
+        signal.signal(DEBUG_SIGNAL, signal.SIG_IGN)
 
     # ------------------------------------------------------------------------ registry
 
