@@ -34,12 +34,14 @@ def list_servers(directory: str | None = None) -> list[ForkServer]:
         base = files.stem(socket_path)
         present = [base + suffix for suffix in files.SUFFIXES if os.path.lexists(base + suffix)]
         info = files.read_info(base + ".lock")
-        alive = files.lock_held(base + ".lock") and info is not None and _is_forkserver(
-            info.pid, socket_path)
+        # The lock says whether one lives (older fork-servers wrote nothing in it); its pid
+        # counts only if that process is the fork-server of this socket (not a reused pid).
+        alive = files.lock_held(base + ".lock")
+        pid = info.pid if info is not None and _is_forkserver(info.pid, socket_path) else 0
         found.append(ForkServer(
-            socket=socket_path, state="serving" if alive else "dead",
-            pid=info.pid if info else 0, address=info.address if info else "",
-            stamp=info.stamp if info else "", files=present))
+            socket=socket_path, state="serving" if alive else "dead", pid=pid if alive else 0,
+            address=info.address if info else "", stamp=info.stamp if info else "",
+            files=present))
     return found
 
 
@@ -55,7 +57,8 @@ def _is_forkserver(pid: int, socket_path: str) -> bool:
 def stop(server: ForkServer, wait: float = STOP_WAIT) -> bool:
     """SIGTERM a serving fork-server and wait until its files are gone; True when they are.
     Its daemons are not affected (they are on their own since their fork)."""
-    if server.state != "serving" or not _is_forkserver(server.pid, server.socket):
+    if server.state != "serving" or not server.pid or not _is_forkserver(server.pid,
+                                                                          server.socket):
         return not os.path.exists(server.socket)
     with contextlib.suppress(ProcessLookupError):
         os.kill(server.pid, signal.SIGTERM)

@@ -143,7 +143,7 @@ def _from_reply(entry: registry.ShimEntry, reply: introspect_pb2.DescribeRespons
             exit_status=process.exit_status if process.exited else None,
             exited_at=_time(process.exited_at_ns) if process.exited else None,
             exited_at_ns=process.exited_at_ns if process.exited else None,
-            terminal=process.terminal,
+            oom=process.oom_killed if process.exited else None, terminal=process.terminal,
             stdio={"stdin": process.stdin, "stdout": process.stdout, "stderr": process.stderr},
         ) for process in container.processes]
         init = next((process for process in processes if process.kind == "init"), None)

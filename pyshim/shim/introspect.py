@@ -121,4 +121,5 @@ def _process(process: Process) -> introspect_pb2.Process:
         exited=process.exited, exit_status=process.exit_status,
         exited_at_ns=process.exited_at_ns or 0, terminal=process.stdio.terminal,
         stdin=process.stdio.stdin, stdout=process.stdio.stdout, stderr=process.stdio.stderr,
+        oom_killed=process.is_init and process.container.oom_killed,
     )

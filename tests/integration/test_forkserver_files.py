@@ -43,12 +43,15 @@ def test_lock_records_who_holds_it_and_status_reads_it(tmp_path: Path) -> None:
             os.getpid(), "/run/c.sock", "abc")
         assert files.lock_held(str(tmp_path / "a.lock"))
         assert files.take_lock(socket_path, wait=0) is None  # held: nobody else gets it
-        # Our command line does not name the socket: not taken for a fork-server.
+        # Held, so one lives; but our command line does not name the socket: its pid is not
+        # trusted (stop would not signal it).
         [server] = forkservers.list_servers(str(tmp_path))
-        assert (server.state, server.pid) == ("dead", os.getpid())
+        assert (server.state, server.pid, server.address) == ("serving", 0, "/run/c.sock")
     finally:
         os.close(lock)
     assert not files.lock_held(str(tmp_path / "a.lock"))
+    [server] = forkservers.list_servers(str(tmp_path))
+    assert (server.state, server.pid) == ("dead", 0)
 
 
 def test_a_lock_file_removed_after_it_was_opened_is_not_trusted(tmp_path: Path) -> None:

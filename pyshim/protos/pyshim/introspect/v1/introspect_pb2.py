@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3pyshim/protos/pyshim/introspect/v1/introspect.proto\x12\x14pyshim.introspect.v1\"\x11\n\x0f\x44\x65scribeRequest\"q\n\x10\x44\x65scribeResponse\x12(\n\x04shim\x18\x01 \x01(\x0b\x32\x1a.pyshim.introspect.v1.Shim\x12\x33\n\ncontainers\x18\x02 \x03(\x0b\x32\x1f.pyshim.introspect.v1.Container\"\xb6\x01\n\x04Shim\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x15\n\rttrpc_address\x18\x05 \x01(\t\x12\x0e\n\x06socket\x18\x06 \x01(\t\x12\x0e\n\x06\x62undle\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x15\n\rstarted_at_ns\x18\t \x01(\x03\x12\x12\n\nparent_pid\x18\n \x01(\r\"Y\n\tContainer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x30\n\tprocesses\x18\x03 \x03(\x0b\x32\x1d.pyshim.introspect.v1.Process\"\xbc\x01\n\x07Process\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04init\x18\x02 \x01(\x08\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06\x65xited\x18\x05 \x01(\x08\x12\x13\n\x0b\x65xit_status\x18\x06 \x01(\r\x12\x14\n\x0c\x65xited_at_ns\x18\x07 \x01(\x03\x12\x10\n\x08terminal\x18\x08 \x01(\x08\x12\r\n\x05stdin\x18\t \x01(\t\x12\x0e\n\x06stdout\x18\n \x01(\t\x12\x0e\n\x06stderr\x18\x0b \x01(\t\"\x0e\n\x0c\x44\x65\x62ugRequest\"\x1d\n\rDebugResponse\x12\x0c\n\x04\x64ump\x18\x01 \x01(\t2\xb9\x01\n\nIntrospect\x12Y\n\x08\x44\x65scribe\x12%.pyshim.introspect.v1.DescribeRequest\x1a&.pyshim.introspect.v1.DescribeResponse\x12P\n\x05\x44\x65\x62ug\x12\".pyshim.introspect.v1.DebugRequest\x1a#.pyshim.introspect.v1.DebugResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n3pyshim/protos/pyshim/introspect/v1/introspect.proto\x12\x14pyshim.introspect.v1\"\x11\n\x0f\x44\x65scribeRequest\"q\n\x10\x44\x65scribeResponse\x12(\n\x04shim\x18\x01 \x01(\x0b\x32\x1a.pyshim.introspect.v1.Shim\x12\x33\n\ncontainers\x18\x02 \x03(\x0b\x32\x1f.pyshim.introspect.v1.Container\"\xb6\x01\n\x04Shim\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x15\n\rttrpc_address\x18\x05 \x01(\t\x12\x0e\n\x06socket\x18\x06 \x01(\t\x12\x0e\n\x06\x62undle\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x15\n\rstarted_at_ns\x18\t \x01(\x03\x12\x12\n\nparent_pid\x18\n \x01(\r\"Y\n\tContainer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x30\n\tprocesses\x18\x03 \x03(\x0b\x32\x1d.pyshim.introspect.v1.Process\"\xd0\x01\n\x07Process\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04init\x18\x02 \x01(\x08\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06\x65xited\x18\x05 \x01(\x08\x12\x13\n\x0b\x65xit_status\x18\x06 \x01(\r\x12\x14\n\x0c\x65xited_at_ns\x18\x07 \x01(\x03\x12\x10\n\x08terminal\x18\x08 \x01(\x08\x12\r\n\x05stdin\x18\t \x01(\t\x12\x0e\n\x06stdout\x18\n \x01(\t\x12\x0e\n\x06stderr\x18\x0b \x01(\t\x12\x12\n\noom_killed\x18\x0c \x01(\x08\"\x0e\n\x0c\x44\x65\x62ugRequest\"\x1d\n\rDebugResponse\x12\x0c\n\x04\x64ump\x18\x01 \x01(\t2\xb9\x01\n\nIntrospect\x12Y\n\x08\x44\x65scribe\x12%.pyshim.introspect.v1.DescribeRequest\x1a&.pyshim.introspect.v1.DescribeResponse\x12P\n\x05\x44\x65\x62ug\x12\".pyshim.introspect.v1.DebugRequest\x1a#.pyshim.introspect.v1.DebugResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,11 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTAINER']._serialized_start=396
   _globals['_CONTAINER']._serialized_end=485
   _globals['_PROCESS']._serialized_start=488
-  _globals['_PROCESS']._serialized_end=676
-  _globals['_DEBUGREQUEST']._serialized_start=678
-  _globals['_DEBUGREQUEST']._serialized_end=692
-  _globals['_DEBUGRESPONSE']._serialized_start=694
-  _globals['_DEBUGRESPONSE']._serialized_end=723
-  _globals['_INTROSPECT']._serialized_start=726
-  _globals['_INTROSPECT']._serialized_end=911
+  _globals['_PROCESS']._serialized_end=696
+  _globals['_DEBUGREQUEST']._serialized_start=698
+  _globals['_DEBUGREQUEST']._serialized_end=712
+  _globals['_DEBUGRESPONSE']._serialized_start=714
+  _globals['_DEBUGRESPONSE']._serialized_end=743
+  _globals['_INTROSPECT']._serialized_start=746
+  _globals['_INTROSPECT']._serialized_end=931
 # @@protoc_insertion_point(module_scope)

@@ -53,7 +53,7 @@ class Container(_message.Message):
     def __init__(self, id: _Optional[str] = ..., bundle: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[Process, _Mapping]]] = ...) -> None: ...
 
 class Process(_message.Message):
-    __slots__ = ("id", "init", "pid", "status", "exited", "exit_status", "exited_at_ns", "terminal", "stdin", "stdout", "stderr")
+    __slots__ = ("id", "init", "pid", "status", "exited", "exit_status", "exited_at_ns", "terminal", "stdin", "stdout", "stderr", "oom_killed")
     ID_FIELD_NUMBER: _ClassVar[int]
     INIT_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class Process(_message.Message):
     STDIN_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
+    OOM_KILLED_FIELD_NUMBER: _ClassVar[int]
     id: str
     init: bool
     pid: int
@@ -76,7 +77,8 @@ class Process(_message.Message):
     stdin: str
     stdout: str
     stderr: str
-    def __init__(self, id: _Optional[str] = ..., init: _Optional[bool] = ..., pid: _Optional[int] = ..., status: _Optional[str] = ..., exited: _Optional[bool] = ..., exit_status: _Optional[int] = ..., exited_at_ns: _Optional[int] = ..., terminal: _Optional[bool] = ..., stdin: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ...) -> None: ...
+    oom_killed: bool
+    def __init__(self, id: _Optional[str] = ..., init: _Optional[bool] = ..., pid: _Optional[int] = ..., status: _Optional[str] = ..., exited: _Optional[bool] = ..., exit_status: _Optional[int] = ..., exited_at_ns: _Optional[int] = ..., terminal: _Optional[bool] = ..., stdin: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., oom_killed: _Optional[bool] = ...) -> None: ...
 
 class DebugRequest(_message.Message):
     __slots__ = ()
