@@ -87,7 +87,8 @@ def _is_current(task: asyncio.Task[Any]) -> bool:
 
 def _format_frames(summaries: list[traceback.FrameSummary]) -> list[str]:
     shown = summaries[:MAX_FRAMES]
-    lines = [f"    {summary.name} ({summary.filename}:{summary.lineno})" for summary in shown]
+    lines = [f"    {summary.name} ({summary.filename}:{summary.lineno})"
+             + (f": {summary.line}" if summary.line else "") for summary in shown]
     if len(summaries) > len(shown):
         lines.append(f"    ... {len(summaries) - len(shown)} more frames")
     return lines
