@@ -38,6 +38,8 @@ def list_servers(directory: str | None = None) -> list[ForkServer]:
         # counts only if that process is the fork-server of this socket (not a reused pid).
         alive = files.lock_held(base + ".lock")
         pid = info.pid if info is not None and _is_forkserver(info.pid, socket_path) else 0
+        if alive and not pid:
+            pid = _find_pid(socket_path)  # one started by an older pyshim
         found.append(ForkServer(
             socket=socket_path, state="serving" if alive else "dead", pid=pid if alive else 0,
             address=info.address if info else "", stamp=info.stamp if info else "",
@@ -52,6 +54,14 @@ def _is_forkserver(pid: int, socket_path: str) -> bool:
             return os.fsencode(socket_path) in cmdline.read().split(b"\0")
     except OSError:
         return False
+
+
+def _find_pid(socket_path: str) -> int:
+    """The process whose command line names `socket_path`, by a scan of /proc; 0 if none."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _is_forkserver(int(entry), socket_path):
+            return int(entry)
+    return 0
 
 
 def stop(server: ForkServer, wait: float = STOP_WAIT) -> bool:

@@ -65,8 +65,11 @@ class Host:
         data: dict[str, Any] = json.loads(self.pyshim("ps", "--json").stdout)
         return data
 
-    def run(self, container_id: str, *argv: str, namespace: str = "default") -> None:
-        self.containerd.ctr("run", "-d", "--runtime", PYSHIM_RUNTIME, "--rootfs",
+    def run(self, container_id: str, *argv: str, namespace: str = "default",
+            group: str = "") -> None:
+        """``ctr run -d``; containers with the same ``group`` share one shim."""
+        flags = ["--annotation", f"io.containerd.runc.v2.group={group}"] if group else []
+        self.containerd.ctr("run", "-d", "--runtime", PYSHIM_RUNTIME, *flags, "--rootfs",
                             str(self.rootfs), container_id, *argv, namespace=namespace)
 
     def forkserver_dir(self) -> Path:
@@ -130,14 +133,19 @@ def test_ps_and_inspect_show_running_exited_and_killed_shims_in_two_namespaces(
     containerd.ctr("task", "exec", "--detach", "--exec-id", "side", "web", "/bin/sleep", "1000")
     host.run("job", "/bin/sh", "-c", "exit 3")
     host.run("db", "/bin/sleep", "1000", namespace="other")
-    host.run("crashy", "/bin/sh", "-c", "exit 7", namespace="other")
+    # A pod: two containers in one shim.
+    host.run("crashy", "/bin/sh", "-c", "exit 7", namespace="other", group="pod")
+    host.run("sibling", "/bin/sh", "-c", "exit 8", namespace="other", group="pod")
     wait_for_status(containerd, "job", "STOPPED")
-    wait_until(lambda: "STOPPED" in containerd.ctr("task", "ls", namespace="other").stdout,
-               what="crashy STOPPED")
+    wait_until(lambda: containerd.ctr("task", "ls", namespace="other").stdout.count("STOPPED")
+               == 2, what="crashy and sibling STOPPED")
 
     snapshot = host.ps_json()
     containers = containers_by_id(snapshot)
-    assert set(containers) == {"web", "job", "db", "crashy"}
+    assert set(containers) == {"web", "job", "db", "crashy", "sibling"}
+    assert len(snapshot["shims"]) == 4
+    assert shim_of(snapshot, "crashy") == shim_of(snapshot, "sibling")
+    assert shim_of(snapshot, "crashy")["id"] == "pod"
     web, job, db = containers["web"], containers["job"], containers["db"]
     assert (web["namespace"], web["status"], web["shim_state"]) == ("default", "running",
                                                                     "serving")
@@ -163,11 +171,14 @@ def test_ps_and_inspect_show_running_exited_and_killed_shims_in_two_namespaces(
     os.kill(crashy_shim, signal.SIGKILL)
     wait_until(lambda: pid_gone(crashy_shim), what=f"shim {crashy_shim} dead")
     snapshot = host.ps_json()
-    crashy = containers_by_id(snapshot)["crashy"]
+    crashy, sibling = (containers_by_id(snapshot)[name] for name in ("crashy", "sibling"))
     assert shim_of(snapshot, "crashy")["state"] == "gone"
-    assert crashy["status"] == "stopped (shim gone)"
-    assert (crashy["processes"][0]["exit_status"], crashy["namespace"]) == (7, "other")
-    assert crashy["processes"][0]["exited_at_ns"] > 0
+    assert shim_of(snapshot, "crashy") == shim_of(snapshot, "sibling")
+    for container, status in ((crashy, 7), (sibling, 8)):
+        assert container["status"] == "stopped (shim gone)"
+        [init] = container["processes"]
+        assert (init["exit_status"], container["namespace"]) == (status, "other")
+        assert init["exited_at_ns"] > 0 and init["pid"] > 0
     assert containers_by_id(snapshot)["web"]["status"] == "running"  # without containerd
 
     table = host.pyshim("ps").stdout
@@ -178,7 +189,7 @@ def test_ps_and_inspect_show_running_exited_and_killed_shims_in_two_namespaces(
     assert re.search(r"^job\s+init\s+default\s+\d+\s+\d+\s+stopped\s+3\s", table,
                      re.MULTILINE), table
     only_other = json.loads(host.pyshim("ps", "--json", "--namespace", "other").stdout)
-    assert set(containers_by_id(only_other)) == {"db", "crashy"}
+    assert set(containers_by_id(only_other)) == {"db", "crashy", "sibling"}
 
     inspected = json.loads(host.pyshim("inspect", "crashy", "--json").stdout)
     assert inspected["shim"]["state"] == "gone" and inspected["shim"]["pid"] == crashy_shim
@@ -190,7 +201,7 @@ def test_ps_and_inspect_show_running_exited_and_killed_shims_in_two_namespaces(
 
     # containerd back: it cleans up after the dead shim (bundle removed), and ps with it.
     containerd.start()
-    wait_until(lambda: "crashy" not in containers_by_id(host.ps_json()),
+    wait_until(lambda: not {"crashy", "sibling"} & set(containers_by_id(host.ps_json())),
                what="the dead shim's container gone from ps after containerd cleaned up")
     assert not any(path.name.endswith(".json") and json.loads(path.read_text())["pid"]
                    == crashy_shim for path in (host.run_dir / "shims").iterdir())
