@@ -145,7 +145,8 @@ def test_ps_and_inspect_show_running_exited_and_killed_shims_in_two_namespaces(
     assert set(containers) == {"web", "job", "db", "crashy", "sibling"}
     assert len(snapshot["shims"]) == 4
     assert shim_of(snapshot, "crashy") == shim_of(snapshot, "sibling")
-    assert shim_of(snapshot, "crashy")["id"] == "pod"
+    pod_socket = containerd.shim_socket_path("other", "pod")
+    assert shim_of(snapshot, "crashy")["socket"] == f"unix://{pod_socket}"
     web, job, db = containers["web"], containers["job"], containers["db"]
     assert (web["namespace"], web["status"], web["shim_state"]) == ("default", "running",
                                                                     "serving")
