@@ -96,7 +96,10 @@ def debug_main(argv: list[str]) -> int:
     if shim.state == snapshot.GONE:
         print(f"pyshim debug: the shim (pid {shim.pid}) is gone", file=sys.stderr)
         return 1
-    if not args.signal:
+    if shim.state == snapshot.NOT_ANSWERING:
+        print(f"pyshim debug: shim {shim.pid} does not answer ({shim.error}): sending SIGUSR1",
+              file=sys.stderr)
+    elif not args.signal:
         try:
             print(asyncio.run(query.debug(shim.socket)), end="")
             return 0

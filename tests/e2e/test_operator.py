@@ -242,6 +242,22 @@ def test_debug_dump_reaches_the_log_and_the_shim_keeps_serving(host: Host) -> No
     assert result.returncode == 0, result.stderr
     assert shim_of(host.ps_json(), "stuck")["state"] == "serving"
 
+    # A shim that does not answer at all (stopped here): ps says so; debug falls back to the
+    # signal, which it handles as soon as it runs again.
+    os.kill(shim, signal.SIGSTOP)
+    try:
+        frozen = shim_of(host.ps_json(), "stuck")
+        assert (frozen["state"], frozen["pid"]) == ("not answering", shim)
+        assert frozen["containers"][0]["status"] == "unknown (shim not answering)"
+        fallback = host.pyshim("debug", "stuck")
+        assert f"shim {shim} does not answer" in fallback.stderr
+        assert f"sent SIGUSR1 to shim {shim}" in fallback.stdout
+    finally:
+        os.kill(shim, signal.SIGCONT)
+    wait_until(lambda: log().count("pyshim debug dump: on SIGUSR1") == 2 and log().count(end)
+               == 3, what="the SIGUSR1 dump of the shim once it runs again")
+    assert shim_of(host.ps_json(), "stuck")["state"] == "serving"
+
 
 # ------------------------------------------------------------------------ fork-server
 
