@@ -113,6 +113,14 @@ COMMANDS: list[tuple[str, str, str]] = [
      "pyshim.image:rootfs_main"),
     ("info", "what containerd-shim-pyshim-v1 -info reports, readably",
      "pyshim.shim.info:info_main"),
+    ("ps", "list shims, their containers, processes, exit records, fork-servers (ps --help)",
+     "pyshim.ops.cli:ps_main"),
+    ("inspect", "one container in full: shim, bundle, processes, exits (inspect --help)",
+     "pyshim.ops.cli:inspect_main"),
+    ("debug", "a container's shim writes its task and thread stacks to its log (debug --help)",
+     "pyshim.ops.cli:debug_main"),
+    ("forkserver", "status or stop the warm fork-servers (forkserver --help)",
+     "pyshim.ops.cli:forkserver_main"),
     ("version", "print pyshim's version", "pyshim.main:version_main"),
 ]
 

@@ -19,10 +19,12 @@ import uvloop
 from pyshim import logfmt
 from pyshim.cgroups import OOMWatcher
 from pyshim.events import Publisher
+from pyshim.ops import registry
 from pyshim.options import InvalidOptions, RuncOptions, decode
 from pyshim.protos.containerd.task.v2 import shim_pb2 as task_v2
 from pyshim.protos.containerd.task.v3 import shim_pb2 as task_v3
 from pyshim.reaper import Reaper, become_subreaper
+from pyshim.shim.introspect import Introspect
 from pyshim.shim.start import RUNTIME_NAME, DaemonConfig, lock_path
 from pyshim.task_service import TaskService
 from pyshim.ttrpc import Server, service_from_descriptor
@@ -63,6 +65,8 @@ def serve(config: DaemonConfig, listener: socket.socket) -> int:
     """Serve until the last container is gone and Shutdown was called; returns the exit code."""
     become_subreaper()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # SIGUSR1 asks for a debug dump (installed once the loop runs): never fatal meanwhile.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     configure_logging(config)
     return uvloop.run(_serve(config, listener))
 
@@ -89,16 +93,25 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
         oom_watcher=oom_watcher,
         on_last_shutdown=finished.set,
     )
+    introspect = Introspect(config, service)
     server = Server([
         service_from_descriptor(task_v2.DESCRIPTOR.services_by_name["Task"], service),
         service_from_descriptor(task_v3.DESCRIPTOR.services_by_name["Task"], service),
+        introspect.service(),
     ])
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, finished.set)
+    introspect.install_signal(loop)
     await server.start(listener)
+    entry = introspect.register()
     log.info("starting signal loop", extra={"fields": {"path": config.bundle}})
-    await finished.wait()
+    try:
+        await finished.wait()
+    finally:
+        if entry is not None:
+            registry.unregister(entry, os.getpid())
     log.info("shutting down", extra={"fields": {"containers": len(service.containers)}})
+    introspect.uninstall_signal(loop)
     await server.close()
     for path in (config.socket_path, lock_path(config.socket_path)):
         with contextlib.suppress(FileNotFoundError):

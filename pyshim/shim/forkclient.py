@@ -15,8 +15,10 @@ import time
 
 from pyshim.shim.start import DaemonConfig, sha256_hex
 
-#: One fork-server per containerd address lives here: directory 0700, sockets 0600.
+#: One fork-server per containerd address lives here: directory 0700, sockets 0600
+#: (`$PYSHIM_RUN_DIR/forkserver` when that is set, as containerd's environment may say).
 FORKSERVER_DIR = "/run/pyshim/forkserver"
+RUN_DIR_VARIABLE = "PYSHIM_RUN_DIR"
 #: Set to 0 (in containerd's environment) to never use a fork-server.
 ENABLE_VARIABLE = "PYSHIM_FORKSERVER"
 #: How long a start waits for the fork-server's daemon to say it is there.
@@ -31,8 +33,13 @@ def enabled() -> bool:
     return os.environ.get(ENABLE_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def forkserver_dir() -> str:
+    run_dir = os.environ.get(RUN_DIR_VARIABLE)
+    return os.path.join(run_dir, "forkserver") if run_dir else FORKSERVER_DIR
+
+
 def socket_path(containerd_address: str) -> str:
-    return os.path.join(FORKSERVER_DIR, sha256_hex(containerd_address.encode())[:32] + ".sock")
+    return os.path.join(forkserver_dir(), sha256_hex(containerd_address.encode())[:32] + ".sock")
 
 
 def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
@@ -80,7 +87,7 @@ def request_daemon(
     for _attempt in range(3):
         connection = _connect(path)
         if connection is None:
-            launch(path)
+            launch(path, config.address)
             connection = _connect(path, wait=LAUNCH_WAIT)
             if connection is None:
                 return None
@@ -129,13 +136,13 @@ def _wait_gone(path: str, wait: float = 1.0) -> None:
         time.sleep(0.005)
 
 
-def launch(path: str) -> None:
-    """Start a fork-server at `path` in the background (it gives up if another one runs
-    after waiting for a stale one to exit)."""
+def launch(path: str, containerd_address: str) -> None:
+    """Start a fork-server at `path` for `containerd_address` in the background (it gives up
+    if another one runs after waiting for a stale one to exit)."""
     code_root = os.path.dirname(PACKAGE_DIR)
     site = next((entry for entry in sys.path if entry.endswith("site-packages")), code_root)
     try:  # noqa: SIM105 (not contextlib: start's imports are timed)
-        os.makedirs(FORKSERVER_DIR, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     except OSError:
         pass
     pid = os.fork()
@@ -153,6 +160,6 @@ def launch(path: str) -> None:
         # A fresh interpreter rather than this start's process: it shows as what it is in
         # `ps`, and imports everything itself.
         os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOT, code_root, site,
-                                  path])
+                                  path, containerd_address])
     finally:
         os._exit(127)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import gc
 import logging
 import marshal
@@ -25,6 +24,7 @@ import sys
 import time
 
 from pyshim.shim import forkclient
+from pyshim.shim import forkserver_files as files
 from pyshim.shim.daemonize import become_daemon
 from pyshim.shim.start import DaemonConfig
 
@@ -51,67 +51,92 @@ _MAX_REQUEST = 1 << 20
 _own_fds: list[int] = []
 
 
+#: Environment: exit after this many seconds without a request once containerd is gone.
+IDLE_VARIABLE = "PYSHIM_FORKSERVER_IDLE_SECONDS"
+DEFAULT_IDLE_SECONDS = 600.0
+#: At most this long between two checks of "idle and containerd gone".
+_CHECK_INTERVAL = 30.0
+#: A child that finds the request's code stamp differs from ours sends this: we exit, and a
+#: successor (with the installed code) takes over our socket and appends to our log.
+HANDOVER_SIGNAL = signal.SIGUSR2
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: forkserver SOCKET", file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print("usage: forkserver SOCKET [CONTAINERD-ADDRESS]", file=sys.stderr)
         return 2
     path = argv[0]
+    address = argv[1] if len(argv) == 2 else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s forkserver[%(process)d] %(levelname)s %(message)s")
-    lock = _take_lock(path)
+    lock = files.take_lock(path)
     if lock is None:
         return 0  # another fork-server serves this address
-    listener = _listen(path)
-    _own_fds[:] = [lock, listener.fileno()]
     stamp = forkclient.code_stamp()
-    for module in PRELOAD:
-        __import__(module)
-    # Objects that exist now are shared with every child; frozen, no collection ever writes
-    # to their pages (which would copy them into each child).
-    gc.collect()
-    gc.freeze()
-    mark_mergeable()
-    # The kernel reaps our children: no Python code runs (and touches shared pages) per exit.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop)
-    log.info("serving %s (code %s)", path, stamp)
+    files.write_info(lock, files.ForkServerInfo(os.getpid(), address, stamp))
+    handover = False
     try:
-        _serve(listener, stamp)
-    except _Stop:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(listener.fileno()).st_ino:
-                os.unlink(path)
+        for stale in files.remove_stale(os.path.dirname(path), path):
+            log.info("removed the files of a dead fork-server: %s.{sock,lock,log}", stale)
+        listener = _listen(path)
+        _own_fds[:] = [lock, listener.fileno()]
+        for module in PRELOAD:
+            __import__(module)
+        # Objects that exist now are shared with every child; frozen, no collection ever
+        # writes to their pages (which would copy them into each child).
+        gc.collect()
+        gc.freeze()
+        mark_mergeable()
+        # The kernel reaps our children: no Python code runs (and touches shared pages) per
+        # exit.
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        try:
+            signal.signal(signal.SIGTERM, _stop)
+            signal.signal(HANDOVER_SIGNAL, _hand_over)
+            log.info("serving %s (code %s)", path, stamp)
+            _serve(listener, stamp, address, _idle_seconds())
+        except _Stop as stop:
+            handover = stop.handover
         listener.close()
+    finally:
+        # Still holding the lock: whatever is at our paths is ours.
+        files.remove_own(path, keep_log=handover)
     log.info("exiting")
     return 0
 
 
 class _Stop(Exception):
-    pass
+    def __init__(self, handover: bool = False) -> None:
+        super().__init__()
+        self.handover = handover
 
 
 def _stop(signum: int, frame: object) -> None:
     raise _Stop
 
 
-#: How long a new fork-server waits for a stale one (told to exit) to release the lock.
-_LOCK_WAIT = 3.0
+def _hand_over(signum: int, frame: object) -> None:
+    raise _Stop(handover=True)
 
 
-def _take_lock(path: str) -> int | None:
-    fd = os.open(path[: -len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + _LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd  # held (never closed) for as long as we live
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.01)
+def _idle_seconds() -> float:
+    try:
+        return max(0.1, float(os.environ.get(IDLE_VARIABLE, DEFAULT_IDLE_SECONDS)))
+    except ValueError:
+        return DEFAULT_IDLE_SECONDS
+
+
+def containerd_alive(address: str) -> bool:
+    """Whether containerd accepts connections on its gRPC socket."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(address.removeprefix("unix://"))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _listen(path: str) -> socket.socket:
@@ -128,16 +153,26 @@ def _listen(path: str) -> socket.socket:
     return listener
 
 
-def _serve(listener: socket.socket, stamp: str) -> None:
+def _serve(listener: socket.socket, stamp: str, address: str, idle: float) -> None:
     """Accept, fork, close: the child reads and checks the request. Every page this loop
-    writes after a fork stops being shared with that child, so it does as little as it can."""
+    writes after a fork stops being shared with that child, so it does as little as it can.
+    Returns once it has been idle for `idle` seconds and its containerd (if known) is gone."""
+    listener.settimeout(min(idle, _CHECK_INTERVAL))
+    last_request = time.monotonic()
     while True:
         try:
             connection, _ = listener.accept()
+        except TimeoutError:
+            if (address and time.monotonic() - last_request >= idle
+                    and not containerd_alive(address)):
+                log.info("idle for %.0f s and containerd (%s) is gone", idle, address)
+                return
+            continue
         except OSError as error:
             if error.errno in (errno.EINTR, errno.ECONNABORTED):
                 continue
             raise
+        last_request = time.monotonic()
         try:
             if os.fork() == 0:
                 _child(connection, stamp)
@@ -153,7 +188,7 @@ def _child(connection: socket.socket, stamp: str) -> None:
         for fd in _own_fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        for signum in (signal.SIGCHLD, signal.SIGTERM):
+        for signum in (signal.SIGCHLD, signal.SIGTERM, HANDOVER_SIGNAL):
             signal.signal(signum, signal.SIG_DFL)
         request = _read_request(connection, stamp)
         if request is not None:
@@ -186,7 +221,7 @@ def _read_request(
         if request.get("stamp") != stamp:
             log.info("installed code changed (%s → %s): exiting", stamp, request.get("stamp"))
             connection.send(marshal.dumps({"stale": True}))
-            os.kill(os.getppid(), signal.SIGTERM)
+            os.kill(os.getppid(), HANDOVER_SIGNAL)
             return None
         if len(fds) != 2:
             raise ValueError(f"expected 2 file descriptors, got {len(fds)}")

@@ -183,7 +183,11 @@ class _ServerProtocol(asyncio.Protocol):
     # --- requests
 
     def _dispatch(self, event: RequestReceived) -> None:
-        task = asyncio.ensure_future(self._handle(event.stream_id, event.request))
+        request = event.request
+        # Named for debug dumps (`pyshim debug`): which call each pending handler serves.
+        task = asyncio.get_running_loop().create_task(
+            self._handle(event.stream_id, request),
+            name=f"ttrpc {request.service}/{request.method} stream {event.stream_id}")
         size = len(event.request.payload)
         self._handlers[task] = size
         self._in_flight_bytes += size
