@@ -8,7 +8,7 @@ default), then:
 - `await create(rootfs, stdio, io=…)` → init pid (`runtime create`; `restore_from=` restores);
   or `adopt()` for a container some other monitor created (exec sessions only);
 - `await process.operate(lambda: start(process))` → pid (start the init or an exec);
-- `add_exec(exec_id, stdio, spec | spec_file=…)`, then start it as above;
+- `add_exec(exec_id, stdio, spec | spec_file=…, io=…)`, then start it as above;
 - `await process.operate(lambda: process.state.kill(signal, all))`; `await process.wait()`;
 - `watch_oom()` once the init runs (start does it; a front end whose caller runs
   `runtime start` itself calls it after create);

@@ -233,7 +233,9 @@ def test_preserved_fds_reach_the_runtime(workdir: Path, monkeypatch: pytest.Monk
     assert "--preserve-fds" not in creates[1]
 
 
-def test_an_adopted_container_runs_execs_only(workdir: Path) -> None:
+def test_an_adopted_container_runs_execs_only(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_EXEC_SCRIPT", "echo exec-out; exit 3")
     files = RecordingFiles(workdir / "files")
     listener = RecordingListener()
 
@@ -242,7 +244,8 @@ def test_an_adopted_container_runs_execs_only(workdir: Path) -> None:
                               config=conmon_like_config(workdir), reaper=reaper,
                               listener=listener, files=files)
         container.adopt()
-        process = container.add_exec("s2", StdioConfig(), {"args": ["/bin/true"]})
+        io = PipeIO(stdout=open_file_target(str(workdir / "exec-out")))
+        process = container.add_exec("s2", StdioConfig(), {"args": ["/bin/true"]}, io=io)
         await process.operate(lambda: container.start(process))
         status, _ = await asyncio.wait_for(process.wait(), 10)
         with pytest.raises(errors.WrongState):
@@ -252,6 +255,7 @@ def test_an_adopted_container_runs_execs_only(workdir: Path) -> None:
 
     assert with_reaper(scenario) == 3
     assert listener.events == ["started s2", "exited s2 3"]
+    assert (workdir / "exec-out").read_text() == "exec-out\n"  # relayed by the front end's io
     exec_call = runtime_calls(workdir)[0]
     assert exec_call[5] == "exec"
     assert not os.path.exists(files.exec_spec_file("s2"))  # our own process JSON is removed
