@@ -1,7 +1,8 @@
 """What init and exec processes share: identity, recorded exit, waiters, and the state base.
 
 A process is always in exactly one state object; an operation the state does not allow raises
-a typed error naming the container, the process and the reason. Operations on one process
+an engine error (pyshim.errors: WrongState, NotFound, …) naming the container, the process and
+the reason. Operations on one process
 are serialised and run to completion even when their caller goes away (operate()). Holds no
 runc logic itself.
 """
