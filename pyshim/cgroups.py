@@ -382,14 +382,27 @@ class OOMWatcher:
                 # The kernel holds its own reference once registered.
                 os.close(control)
             watch = _Watch(self._loop, efd)
-            self._loop.add_reader(efd, self._on_v1_event, key, watch, directory, on_oom)
+            state = {"events": 0}
+            self._loop.add_reader(efd, self._on_v1_event, key, watch, directory, state, on_oom)
         except BaseException:
             os.close(efd)
             raise
+        # A kill before the watch existed (a container OOM-killed while `runc start` was still
+        # returning) has no event of its own: memory.oom_control's counter tells.
+        self._loop.call_soon(self._v1_earlier_kill, key, watch, directory, state, on_oom)
         return watch
 
+    def _v1_earlier_kill(self, key: str, watch: _Watch, directory: str, state: dict[str, int],
+                         on_oom: Callable[[str], None]) -> None:
+        if watch.closed or state["events"]:
+            return  # an event came first: it is the notice
+        control = parse_flat_keyed(read_file(directory, "memory.oom_control") or "")
+        if control.get("oom_kill", 0) > 0:
+            self._notify(key, on_oom)
+
     def _on_v1_event(
-        self, key: str, watch: _Watch, directory: str, on_oom: Callable[[str], None]
+        self, key: str, watch: _Watch, directory: str, state: dict[str, int],
+        on_oom: Callable[[str], None],
     ) -> None:
         try:
             os.read(watch.fd, 8)
@@ -403,6 +416,8 @@ class OOMWatcher:
         if not os.path.isdir(directory):
             self._drop(key, watch)
             return
+        # Signalled as the OOM begins, before the kill is counted: each event is one notice.
+        state["events"] += 1
         self._notify(key, on_oom)
 
     def _add_v2(self, key: str, cgroup: Cgroup, on_oom: Callable[[str], None]) -> _Watch:
@@ -416,12 +431,14 @@ class OOMWatcher:
             if _libc.inotify_add_watch(fd, os.fsencode(populated), _IN_MODIFY) < 0:
                 _log.debug("cannot watch %s", populated)
             watch = _Watch(self._loop, fd)
-            # containerd's baseline is 0 too: a kill before the watch counts at the next event.
+            # containerd's baseline is 0 too: a kill before the watch counts (checked at once,
+            # as the kill may have happened while `runc start` was still returning).
             state = {"oom_kill": 0}
             self._loop.add_reader(fd, self._on_v2_event, key, watch, directory, state, on_oom)
         except BaseException:
             os.close(fd)
             raise
+        self._loop.call_soon(self._on_v2_event, key, watch, directory, state, on_oom)
         return watch
 
     def _on_v2_event(
@@ -432,6 +449,8 @@ class OOMWatcher:
         state: dict[str, int],
         on_oom: Callable[[str], None],
     ) -> None:
+        if watch.closed:
+            return
         try:
             while os.read(watch.fd, 4096):
                 pass  # the event records themselves do not matter; the files are re-read
