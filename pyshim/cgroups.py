@@ -294,6 +294,11 @@ def hugetlb_sizes(directory: str, suffix: str) -> list[str]:
 # --- OOM events -------------------------------------------------------------------------------
 
 
+def _v1_kills(directory: str) -> int:
+    """memory.oom_control's oom_kill counter (0 when unreadable or on kernels before 4.13)."""
+    return parse_flat_keyed(read_file(directory, "memory.oom_control") or "").get("oom_kill", 0)
+
+
 class _Watch:
     """One registered fd and its cleanup."""
 
@@ -301,6 +306,8 @@ class _Watch:
         self.loop = loop
         self.fd = fd
         self.closed = False
+        # Looks for a counted kill not yet notified (OOMWatcher.check).
+        self.check: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         if not self.closed:
@@ -339,6 +346,14 @@ class OOMWatcher:
             _log.warning("cannot watch %s for OOM events: %s", key, exc)
             return
         self._watches[key] = watch
+
+    def check(self, key: str) -> None:
+        """At the watched container's exit: an OOM kill the cgroup counted but whose event has
+        not arrived yet (the kernel may signal it after the victim is gone) is notified now,
+        so that it comes before the exit is reported; its late event then says nothing."""
+        watch = self._watches.get(key)
+        if watch is not None:
+            watch.check()
 
     def remove(self, key: str) -> None:
         watch = self._watches.pop(key, None)
@@ -382,7 +397,10 @@ class OOMWatcher:
                 # The kernel holds its own reference once registered.
                 os.close(control)
             watch = _Watch(self._loop, efd)
-            state = {"events": 0}
+            # notices given; of those, given by check() for a kill whose event is still to come;
+            # kills counted before the watch existed.
+            state = {"notices": 0, "ahead": 0, "before": _v1_kills(directory)}
+            watch.check = lambda: self._v1_check(key, watch, directory, state, on_oom)
             self._loop.add_reader(efd, self._on_v1_event, key, watch, directory, state, on_oom)
         except BaseException:
             os.close(efd)
@@ -394,10 +412,15 @@ class OOMWatcher:
 
     def _v1_earlier_kill(self, key: str, watch: _Watch, directory: str, state: dict[str, int],
                          on_oom: Callable[[str], None]) -> None:
-        if watch.closed or state["events"]:
-            return  # an event came first: it is the notice
-        control = parse_flat_keyed(read_file(directory, "memory.oom_control") or "")
-        if control.get("oom_kill", 0) > 0:
+        if not watch.closed and state["before"] > 0 and state["notices"] == 0:
+            state["notices"] += 1
+            self._notify(key, on_oom)
+
+    def _v1_check(self, key: str, watch: _Watch, directory: str, state: dict[str, int],
+                  on_oom: Callable[[str], None]) -> None:
+        if not watch.closed and _v1_kills(directory) > state["notices"]:
+            state["notices"] += 1
+            state["ahead"] += 1
             self._notify(key, on_oom)
 
     def _on_v1_event(
@@ -416,8 +439,12 @@ class OOMWatcher:
         if not os.path.isdir(directory):
             self._drop(key, watch)
             return
-        # Signalled as the OOM begins, before the kill is counted: each event is one notice.
-        state["events"] += 1
+        # Signalled as the OOM begins, before the kill is counted: each event is one notice,
+        # but for a kill that check() already notified.
+        if state["ahead"]:
+            state["ahead"] -= 1
+            return
+        state["notices"] += 1
         self._notify(key, on_oom)
 
     def _add_v2(self, key: str, cgroup: Cgroup, on_oom: Callable[[str], None]) -> _Watch:
@@ -434,6 +461,8 @@ class OOMWatcher:
             # containerd's baseline is 0 too: a kill before the watch counts (checked at once,
             # as the kill may have happened while `runc start` was still returning).
             state = {"oom_kill": 0}
+            # The counter is compared with what was notified: checking early never repeats.
+            watch.check = lambda: self._on_v2_event(key, watch, directory, state, on_oom)
             self._loop.add_reader(fd, self._on_v2_event, key, watch, directory, state, on_oom)
         except BaseException:
             os.close(fd)

@@ -119,7 +119,9 @@ class ExitReporting:
                 log.warning("%s: kill --all after the init died: %s", process.label,
                             error.message)
         if self.oom_watcher is not None:
-            # Let a pending OOM notification arrive before the exit (CRI reads it first).
+            # An OOM kill is reported before the exit (CRI reads it first): one the cgroup
+            # counted is notified now, a pending event gets a loop turn to arrive.
+            self.oom_watcher.check(self.id)
             await asyncio.sleep(0)
 
     def _execs_idle(self) -> bool:

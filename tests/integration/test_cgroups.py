@@ -239,17 +239,24 @@ def test_an_oom_kill_before_the_watch_is_reported(sandbox: Sandbox) -> None:
     assert hog.wait(timeout=20) == -signal.SIGKILL
     cgroup = cgroup_of_pid(keeper.pid)
 
-    async def scenario() -> list[str]:
+    async def scenario() -> tuple[list[str], list[str]]:
         watcher = OOMWatcher(asyncio.get_running_loop())
-        keys: list[str] = []
+        found: list[str] = []
+        checked: list[str] = []
         try:
-            watcher.add("ctr-early", cgroup, keys.append)
-            await eventually(lambda: keys != [])
-            return keys
+            watcher.add("ctr-early", cgroup, found.append)
+            await eventually(lambda: found != [])
+            # As at the container's exit, before the loop ran: notified once, not again later.
+            watcher.add("ctr-checked", cgroup, checked.append)
+            watcher.check("ctr-checked")
+            assert checked == ["ctr-checked"]
+            await asyncio.sleep(0)  # the look add() scheduled runs now: nothing new
+            watcher.check("ctr-checked")
+            return found, checked
         finally:
             watcher.close()
 
-    assert asyncio.run(scenario()) == ["ctr-early"]
+    assert asyncio.run(scenario()) == (["ctr-early"], ["ctr-checked"])
 
 
 @needs_v1_root
