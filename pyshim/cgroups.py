@@ -295,6 +295,11 @@ def hugetlb_sizes(directory: str, suffix: str) -> list[str]:
 # --- OOM events -------------------------------------------------------------------------------
 
 
+def _v1_kills(directory: str) -> int:
+    """memory.oom_control's oom_kill counter (0 when unreadable or on kernels before 4.13)."""
+    return parse_flat_keyed(read_file(directory, "memory.oom_control") or "").get("oom_kill", 0)
+
+
 class _Watch:
     """One registered fd and its cleanup."""
 
@@ -302,8 +307,8 @@ class _Watch:
         self.loop = loop
         self.fd = fd
         self.closed = False
-        # Handles what is pending on fd now (the reader callback, run on demand).
-        self.poll: Callable[[], None] = lambda: None
+        # Looks for a counted kill not yet notified (OOMWatcher.check).
+        self.check: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         if not self.closed:
@@ -347,12 +352,12 @@ class OOMWatcher:
         self._watches[key] = watch
 
     def check(self, key: str) -> None:
-        """Handle an OOM the kernel has signalled but the loop has not delivered yet, now
-        (before an exit is reported: conmon's final check, spec §11.1 of conmon-compat.md).
-        v2 re-reads memory.events whether or not inotify has spoken yet."""
+        """At the watched container's exit: an OOM kill the cgroup counted but whose event has
+        not arrived yet (the kernel may signal it after the victim is gone) is notified now,
+        so that it comes before the exit is reported; its late event then says nothing."""
         watch = self._watches.get(key)
         if watch is not None:
-            watch.poll()
+            watch.check()
 
     def remove(self, key: str) -> None:
         watch = self._watches.pop(key, None)
@@ -396,15 +401,40 @@ class OOMWatcher:
                 # The kernel holds its own reference once registered.
                 os.close(control)
             watch = _Watch(self._loop, efd)
-            watch.poll = lambda: self._on_v1_event(key, watch, directory, on_oom)
-            self._loop.add_reader(efd, watch.poll)
+            # notices given; of those, given by check() for a kill whose event is still to come;
+            # kills counted before the watch existed.
+            state = {"notices": 0, "ahead": 0, "before": _v1_kills(directory)}
+            watch.check = lambda: self._v1_check(key, watch, directory, state, on_oom)
+            self._loop.add_reader(efd, self._on_v1_event, key, watch, directory, state, on_oom)
         except BaseException:
             os.close(efd)
             raise
+        # A kill before the watch existed (a container OOM-killed while `runc start` was still
+        # returning) has no event of its own: memory.oom_control's counter tells.
+        self._loop.call_soon(self._v1_earlier_kill, key, watch, directory, state, on_oom)
         return watch
 
+    def _v1_earlier_kill(self, key: str, watch: _Watch, directory: str, state: dict[str, int],
+                         on_oom: Callable[[str], None]) -> None:
+        if not watch.closed and state["before"] > 0 and state["notices"] == 0:
+            state["notices"] += 1
+            self._notify(key, on_oom)
+
+    def _v1_check(self, key: str, watch: _Watch, directory: str, state: dict[str, int],
+                  on_oom: Callable[[str], None]) -> None:
+        if watch.closed:
+            return
+        # What the kernel has signalled but the loop not yet delivered comes first (conmon's
+        # final check reads the eventfd too); then a kill counted whose signal is still to come.
+        self._on_v1_event(key, watch, directory, state, on_oom)
+        if not watch.closed and _v1_kills(directory) > state["notices"]:
+            state["notices"] += 1
+            state["ahead"] += 1
+            self._notify(key, on_oom)
+
     def _on_v1_event(
-        self, key: str, watch: _Watch, directory: str, on_oom: Callable[[str], None]
+        self, key: str, watch: _Watch, directory: str, state: dict[str, int],
+        on_oom: Callable[[str], None],
     ) -> None:
         try:
             count = int.from_bytes(os.read(watch.fd, 8), sys.byteorder)
@@ -418,9 +448,16 @@ class OOMWatcher:
         # removal, more (read at once) were an OOM before it (conmon reads them so too).
         if not os.path.isdir(directory):
             self._drop(key, watch)
-            if count > 1:
+            if count > 1 and not state["ahead"]:
+                state["notices"] += 1
                 self._notify(key, on_oom)
             return
+        # Signalled as the OOM begins, before the kill is counted: each event is one notice,
+        # but for a kill that check() already notified.
+        if state["ahead"]:
+            state["ahead"] -= 1
+            return
+        state["notices"] += 1
         self._notify(key, on_oom)
 
     def _add_v2(self, key: str, cgroup: Cgroup, on_oom: Callable[[str], None]) -> _Watch:
@@ -434,13 +471,16 @@ class OOMWatcher:
             if _libc.inotify_add_watch(fd, os.fsencode(populated), _IN_MODIFY) < 0:
                 _log.debug("cannot watch %s", populated)
             watch = _Watch(self._loop, fd)
-            # containerd's baseline is 0 too: a kill before the watch counts at the next event.
+            # containerd's baseline is 0 too: a kill before the watch counts (checked at once,
+            # as the kill may have happened while `runc start` was still returning).
             state = {"count": 0}
-            watch.poll = lambda: self._on_v2_event(key, watch, directory, state, on_oom)
-            self._loop.add_reader(fd, watch.poll)
+            # The counter is compared with what was notified: checking early never repeats.
+            watch.check = lambda: self._on_v2_event(key, watch, directory, state, on_oom)
+            self._loop.add_reader(fd, self._on_v2_event, key, watch, directory, state, on_oom)
         except BaseException:
             os.close(fd)
             raise
+        self._loop.call_soon(self._on_v2_event, key, watch, directory, state, on_oom)
         return watch
 
     def _on_v2_event(
@@ -451,6 +491,8 @@ class OOMWatcher:
         state: dict[str, int],
         on_oom: Callable[[str], None],
     ) -> None:
+        if watch.closed:
+            return
         try:
             while os.read(watch.fd, 4096):
                 pass  # the event records themselves do not matter; the files are re-read

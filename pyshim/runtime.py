@@ -79,6 +79,12 @@ class RuntimeConfig:
     no_new_keyring: bool = False  # create/restore --no-new-keyring
     # create/exec --preserve-fds N: our fds 3 … 3+N-1 are passed on to the container's process.
     preserve_fds: int = 0
+    # fds of ours the runtime inherits at the same numbers for create/restore/exec, no flag
+    # added (conmon: the fds it was started with; --preserve-fds arrives in command_args).
+    pass_fds: tuple[int, ...] = ()
+    # The runtime's working directory: None is the bundle for create/restore (as runc-v2),
+    # ours for the other commands (conmon: always its own cwd).
+    cwd: str | None = None
     # A JSON log to read the runtime's error messages from when the front end passes --log
     # among global_args itself (podman's `--runtime-arg --log …`); log_path is used if set.
     error_log: str | None = None
@@ -119,10 +125,13 @@ class OCIRuntime:
         return [*tail, container_id]
 
     def _preserved_fds(self) -> tuple[list[str], dict[int, int]]:
+        """(--preserve-fds flag, {fd: fd} the runtime inherits) for create/restore/exec."""
         count = self.config.preserve_fds
+        inherited = {fd: fd for fd in self.config.pass_fds}
         if count <= 0:
-            return [], {}
-        return ["--preserve-fds", str(count)], {fd: fd for fd in range(3, 3 + count)}
+            return [], inherited
+        return ["--preserve-fds", str(count)], {
+            **inherited, **{fd: fd for fd in range(3, 3 + count)}}
 
     # ------------------------------------------------------------------------- commands
 
@@ -143,7 +152,8 @@ class OCIRuntime:
         preserve, fd_map = self._preserved_fds()
         await self._run("create", [*args, *preserve,
                                    *self._command_tail(container_id, console_socket)],
-                        stdio=stdio, cwd=bundle, use_log=True, fd_map=fd_map)
+                        stdio=stdio, cwd=self.config.cwd or bundle, use_log=True,
+                        fd_map=fd_map)
 
     async def restore(
         self,
@@ -163,8 +173,10 @@ class OCIRuntime:
         if self.config.no_new_keyring:
             args.append("--no-new-keyring")
         args += ["--detach", "--image-path", image_path, "--work-path", work_path or bundle]
+        _, fd_map = self._preserved_fds()
         await self._run("restore", [*args, *self._command_tail(container_id, console_socket)],
-                        stdio=stdio, cwd=bundle, use_log=True)
+                        stdio=stdio, cwd=self.config.cwd or bundle, use_log=True,
+                        fd_map=fd_map)
 
     async def start(self, container_id: str) -> None:
         await self._run("start", ["start", container_id], use_log=True)
@@ -253,6 +265,7 @@ class OCIRuntime:
         loop = asyncio.get_running_loop()
         config = self.config
         argv = [*self._global_args(), *args]
+        cwd = cwd or config.cwd
         error_log = config.errors_from if use_log else None
         pipes: list[int] = []  # every fd of ours still open; closed whatever happens
         try:

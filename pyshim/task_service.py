@@ -1,11 +1,12 @@
 """The containerd Task API (containerd.task.v2.Task, also served as v3).
 
-Translates requests into Container/process calls and outcomes into replies, status codes and
-events. No syscalls of its own, no runc: those live below. Every error names the container,
-the process and the cause; the engine's errors become status codes in pyshim.shim.errors (each
-handler is wrapped by engine_errors_mapped). Ids are
-checked with containerd's rules before anything uses them; a state change, once begun, is
-completed and published even when the caller's deadline passes or its connection drops.
+Translates requests into engine calls (runc Options into a ContainerConfig, Mount messages into
+engine mounts) and outcomes into replies, status codes and events. No syscalls of its own, no
+runc: those live below. Every error names the container, the process and the cause; engine
+errors become status codes in pyshim.shim.errors (each handler is wrapped by
+engine_errors_mapped). Ids are checked with containerd's rules before anything uses them; a
+state change, once begun, is completed and published even when the caller's deadline passes
+or its connection drops.
 """
 
 from __future__ import annotations

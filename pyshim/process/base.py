@@ -1,9 +1,9 @@
 """What init and exec processes share: identity, recorded exit, waiters, and the state base.
 
 A process is always in exactly one state object; an operation the state does not allow raises
-a typed error naming the container, the process and the reason. Operations on one process
-are serialised and run to completion even when their caller goes away (operate()). Holds no
-runc logic itself.
+an engine error (pyshim.errors: WrongState, NotFound, …) naming the container, the process and
+the reason. Operations on one process are serialised and run to completion even when their
+caller goes away (operate()). Holds no runtime logic itself.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """One container: its init and exec processes, its runtime, rootfs, cgroup, and its exits.
 
-The engine's entry point for every front end. Construct a `Container` with a ContainerConfig
-(how the runtime is invoked), a Reaper, a Listener (what to report) and optionally
-ContainerFiles (where pid files, spools and exit records go; containerd's bundle layout by
-default), then:
+The engine's entry point for every front end. The monitor is a child subreaper
+(reaper.become_subreaper()) with a Reaper installed on its loop. Construct a `Container` with a
+ContainerConfig (how the runtime is invoked), the Reaper, a Listener (what to report) and
+optionally ContainerFiles (where pid files, spools and exit records go; containerd's bundle
+layout by default), then:
 
 - `await create(rootfs, stdio, io=…)` → init pid (`runtime create`; `restore_from=` restores);
   or `adopt()` for a container some other monitor created (exec sessions only);
 - `await process.operate(lambda: start(process))` → pid (start the init or an exec);
-- `add_exec(exec_id, stdio, spec | spec_file=…)`, then start it as above;
-- `await process.operate(lambda: process.state.kill(signal, all))`; `await process.wait()`;
+- `add_exec(exec_id, stdio, spec | spec_file=…, io=…)`, then start it as above;
+- `await process.operate(lambda: process.state.kill(signal, all))` (through the runtime), or
+  `process.signal(signal)` (by pid, never after the reap); `await process.wait()`;
 - `watch_oom()` once the init runs (start does it; a front end whose caller runs
   `runtime start` itself calls it after create);
 - `await process.operate(process.state.delete)`; `await close()` when the monitor leaves.

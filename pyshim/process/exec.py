@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyshim.errors import FailedPrecondition, NotFound
+from pyshim.io import ProcessIO
 from pyshim.process.base import Process, ProcessState, Status
 
 
@@ -17,6 +18,8 @@ class ExecProcess(Process):
     # `spec_file` names a process JSON file written by the front end's caller.
     spec: dict[str, Any] | None = None
     spec_file: str | None = None
+    # The front end's own I/O for it (add_exec(io=…)); None: opened from `stdio` at start.
+    given_io: ProcessIO | None = None
 
     def _initial_state(self) -> ProcessState:
         return ExecCreated(self)

@@ -63,10 +63,11 @@ class ExecManagement:
         )
 
     def add_exec(self, exec_id: str, stdio: StdioConfig, spec: Mapping[str, Any] | None = None,
-                 *, spec_file: str | None = None) -> ExecProcess:
+                 *, spec_file: str | None = None, io: ProcessIO | None = None) -> ExecProcess:
         """Record an exec (spawned by its start). `spec`: the OCI process JSON (its
         `terminal` is set from stdio); or `spec_file`: a process JSON file that exists already
-        and is used as it is (conmon's --exec-process-spec)."""
+        and is used as it is (conmon's --exec-process-spec). `io` replaces the I/O that
+        `stdio` would open (a front end relaying to its own sinks)."""
         if exec_id in self.execs:
             raise AlreadyExists(f"container {self.id}: id {exec_id}", container_id=self.id,
                                 process_id=exec_id)
@@ -74,12 +75,12 @@ class ExecManagement:
         process = ExecProcess(cast("Container", self), exec_id, stdio, ProcessIO())
         process.spec = dict(spec) if spec is not None else None
         process.spec_file = spec_file
+        process.given_io = io
         self.execs[exec_id] = process
         return process
 
-    async def runtime_start_exec(self, process: ExecProcess, *, io: ProcessIO | None = None
-                                 ) -> None:
-        """`runtime exec --detach`; `io` replaces the I/O `process.stdio` would open."""
+    async def runtime_start_exec(self, process: ExecProcess) -> None:
+        """`runtime exec --detach` (ExecCreated.start)."""
         if self.init.reaped:
             raise FailedPrecondition(f"container {self.id} init process is not running",
                                      container_id=self.id, process_id=process.id)
@@ -87,7 +88,7 @@ class ExecManagement:
         if process.spec is not None:
             spec = dict(process.spec)
             spec["terminal"] = process.stdio.terminal
-        process.io = io if io is not None else await open_io(
+        process.io = process.given_io or await open_io(
             process.stdio, self.io_context(process.id), self.id, process.id)
         pid_file = self.files.pid_file(process.id)
         spec_path = process.spec_file or self.files.exec_spec_file(process.id)

@@ -77,8 +77,6 @@ class ExitReporting:
             raise
         if process.is_init:
             await self._after_init_died(process)
-            if self.oom_killed:  # the OOM notice came after the reap: the record says so too
-                self._reaped(process, exited)
         # Each await below that is not needed would cost the exit event a loop turn. Each is
         # bounded: an exit is reported late rather than never.
         if not process.io.output_drained():
@@ -96,6 +94,10 @@ class ExitReporting:
             except TimeoutError:
                 log.warning("%s: execs still running %.0f s after the init exited; reporting "
                             "its exit anyway", process.label, EXEC_SETTLE_TIMEOUT)
+        if process.is_init and self.oom_killed:
+            # The OOM notice came after the reap (or during a Start in flight, which the OOM
+            # watch is set up by): the record says so too.
+            self._reaped(process, exited)
         process.state.exited()
         process.record_exit(exited.status, exited.time_ns)
         if not process.is_init:
@@ -117,7 +119,9 @@ class ExitReporting:
                 log.warning("%s: kill --all after the init died: %s", process.label,
                             error.message)
         if self.oom_watcher is not None:
-            # Let a pending OOM notification arrive before the exit (CRI reads it first).
+            # An OOM kill is reported before the exit (CRI reads it first): one the cgroup
+            # counted is notified now, a pending event gets a loop turn to arrive.
+            self.oom_watcher.check(self.id)
             await asyncio.sleep(0)
 
     def _execs_idle(self) -> bool:

@@ -231,6 +231,35 @@ def test_oom_kill_is_reported(sandbox: Sandbox, loop_name: str) -> None:
 
 
 @needs_v1_root
+def test_an_oom_kill_before_the_watch_is_reported(sandbox: Sandbox) -> None:
+    # As a container OOM-killed while `runc start` is still returning: no event will come.
+    limit_memory(sandbox, 16 << 20)
+    keeper = sandbox.start("sleep", "600")  # keeps the cgroup's path known once the hog is gone
+    hog = sandbox.start(sys.executable, "-c", "b = b'x' * (64 << 20)")
+    assert hog.wait(timeout=20) == -signal.SIGKILL
+    cgroup = cgroup_of_pid(keeper.pid)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        watcher = OOMWatcher(asyncio.get_running_loop())
+        found: list[str] = []
+        checked: list[str] = []
+        try:
+            watcher.add("ctr-early", cgroup, found.append)
+            await eventually(lambda: found != [])
+            # As at the container's exit, before the loop ran: notified once, not again later.
+            watcher.add("ctr-checked", cgroup, checked.append)
+            watcher.check("ctr-checked")
+            assert checked == ["ctr-checked"]
+            await asyncio.sleep(0)  # the look add() scheduled runs now: nothing new
+            watcher.check("ctr-checked")
+            return found, checked
+        finally:
+            watcher.close()
+
+    assert asyncio.run(scenario()) == (["ctr-early"], ["ctr-checked"])
+
+
+@needs_v1_root
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_removed_cgroup_ends_its_watch_without_an_oom(sandbox: Sandbox, loop_name: str) -> None:
     process = sandbox.start("sleep", "600")
@@ -281,6 +310,23 @@ def test_v2_watch_reports_oom_kill_increases(tmp_path: Path, loop_name: str) -> 
 
     with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
         assert runner.run(scenario()) == ["ctr-3", "ctr-3"]
+
+
+def test_v2_watch_reports_a_kill_before_the_watch(tmp_path: Path) -> None:
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n")
+    (tmp_path / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+
+    async def scenario() -> list[str]:
+        watcher = OOMWatcher(asyncio.get_running_loop())
+        keys: list[str] = []
+        try:
+            watcher.add("ctr-4", Cgroup(CgroupMode.V2, path=str(tmp_path)), keys.append)
+            await eventually(lambda: keys != [])
+            return keys
+        finally:
+            watcher.close()
+
+    assert asyncio.run(scenario()) == ["ctr-4"]
 
 
 def test_failed_watches_are_logged_not_raised(

@@ -104,8 +104,15 @@ def _parent_of(pid: int) -> int | None:
 
 
 def runtime_calls(workdir: Path) -> list[list[str]]:
-    lines = (workdir / "argv.log").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return [call["argv"] for call in _logged(workdir)]
+
+
+def runtime_cwds(workdir: Path) -> list[str]:
+    return [call["cwd"] for call in _logged(workdir)]
+
+
+def _logged(workdir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (workdir / "argv.log").read_text().splitlines()]
 
 
 def with_reaper(scenario: Callable[[Reaper], Awaitable[T]]) -> T:
@@ -124,13 +131,14 @@ def with_reaper(scenario: Callable[[Reaper], Awaitable[T]]) -> T:
 
 def conmon_like_config(workdir: Path, **changes: Any) -> ContainerConfig:
     """What the conmon front end builds from `-r … -s --runtime-arg … --runtime-opt …`."""
-    runtime = RuntimeConfig(
-        binary=FAKE_RUNTIME, systemd_cgroup=True,
-        global_args=("--root=/run/fake", "--log-format=json", "--log",
-                     str(workdir / "oci-log")),
-        command_args=("--debug-opt",), no_pivot=True, no_new_keyring=True,
-        error_log=str(workdir / "oci-log"), timeout=20, **changes,
-    )
+    settings: dict[str, Any] = {
+        "binary": FAKE_RUNTIME, "systemd_cgroup": True,
+        "global_args": ("--root=/run/fake", "--log-format=json", "--log",
+                        str(workdir / "oci-log")),
+        "command_args": ("--debug-opt",), "no_pivot": True, "no_new_keyring": True,
+        "error_log": str(workdir / "oci-log"), "timeout": 20,
+    }
+    runtime = RuntimeConfig(**{**settings, **changes})
     return ContainerConfig(runtime=runtime)
 
 
@@ -174,6 +182,8 @@ def test_create_start_exec_kill_with_a_front_end_runtime_line_and_files(workdir:
     assert calls[2] == [*global_args, "exec", "--pid-file", files.pid_file("s1"), "--process",
                         str(spec_file), "--detach", "--debug-opt", "c1"]
     assert calls[3] == [*global_args, "kill", "c1", "9"]
+    # By default create runs in the bundle (as runc-v2 runs it), other commands in our cwd.
+    assert runtime_cwds(workdir)[:2] == [bundle, os.getcwd()]
 
 
 def test_runtime_failure_is_an_engine_error_with_the_runtimes_message(
@@ -202,7 +212,8 @@ def test_runtime_failure_is_an_engine_error_with_the_runtimes_message(
 
 
 def test_preserved_fds_reach_the_runtime(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The created "container" reports whether fd 3 (ours, passed on or not) is open in it.
+    # The created "container" reports whether fd 3 (ours, passed on or not) is open in it. The
+    # stand-in runtime passes fds on as runc does: only 3 … 3+N-1 for --preserve-fds N.
     monkeypatch.setenv("FAKE_CREATE_SCRIPT", "if [ -e /proc/self/fd/3 ]; then exit 7; fi; exit 8")
     try:
         os.fstat(3)
@@ -212,10 +223,16 @@ def test_preserved_fds_reach_the_runtime(workdir: Path, monkeypatch: pytest.Monk
 
     async def scenario(reaper: Reaper) -> list[int]:
         statuses = []
-        for name, preserve_fds in (("c3", 1), ("c3b", 0)):
+        # conmon's way: the flag among its --runtime-opt, the fds inherited (c3c); the flag
+        # without pass_fds finds fd 3 closed (ours is close-on-exec: c3d).
+        conmon_flag = ("--preserve-fds", "1")
+        for name, preserved in (
+                ("c3", {"preserve_fds": 1}), ("c3b", {}),
+                ("c3c", {"pass_fds": (3,), "command_args": conmon_flag}),
+                ("c3d", {"command_args": conmon_flag})):
             container = Container(
                 container_id=name, bundle=str(workdir / "bundle"),
-                config=conmon_like_config(workdir, preserve_fds=preserve_fds), reaper=reaper,
+                config=conmon_like_config(workdir, **preserved), reaper=reaper,
                 listener=RecordingListener(), files=RecordingFiles(workdir / "files"))
             await container.create([], StdioConfig())
             status, _ = await asyncio.wait_for(container.init.wait(), 10)
@@ -224,25 +241,30 @@ def test_preserved_fds_reach_the_runtime(workdir: Path, monkeypatch: pytest.Monk
         return statuses
 
     try:
-        assert with_reaper(scenario) == [7, 8]
+        assert with_reaper(scenario) == [7, 8, 7, 8]
     finally:
         if opened is not None:
             os.close(opened)
     creates = [call for call in runtime_calls(workdir) if "create" in call]
     assert creates[0][creates[0].index("--preserve-fds") + 1] == "1"
     assert "--preserve-fds" not in creates[1]
+    assert creates[2].count("--preserve-fds") == 1  # pass_fds adds no flag of its own
 
 
-def test_an_adopted_container_runs_execs_only(workdir: Path) -> None:
+def test_an_adopted_container_runs_execs_only(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_EXEC_SCRIPT", "echo exec-out; exit 3")
     files = RecordingFiles(workdir / "files")
     listener = RecordingListener()
 
     async def scenario(reaper: Reaper) -> int:
         container = Container(container_id="c4", bundle=str(workdir / "bundle"),
-                              config=conmon_like_config(workdir), reaper=reaper,
+                              config=conmon_like_config(workdir, cwd=str(workdir / "files")),
+                              reaper=reaper,
                               listener=listener, files=files)
         container.adopt()
-        process = container.add_exec("s2", StdioConfig(), {"args": ["/bin/true"]})
+        io = PipeIO(stdout=open_file_target(str(workdir / "exec-out")))
+        process = container.add_exec("s2", StdioConfig(), {"args": ["/bin/true"]}, io=io)
         await process.operate(lambda: container.start(process))
         status, _ = await asyncio.wait_for(process.wait(), 10)
         with pytest.raises(errors.WrongState):
@@ -252,6 +274,8 @@ def test_an_adopted_container_runs_execs_only(workdir: Path) -> None:
 
     assert with_reaper(scenario) == 3
     assert listener.events == ["started s2", "exited s2 3"]
+    assert (workdir / "exec-out").read_text() == "exec-out\n"  # relayed by the front end's io
     exec_call = runtime_calls(workdir)[0]
     assert exec_call[5] == "exec"
+    assert runtime_cwds(workdir) == [str(workdir / "files")]  # conmon: the runtime in its cwd
     assert not os.path.exists(files.exec_spec_file("s2"))  # our own process JSON is removed

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""A stand-in OCI runtime for engine tests: records its argv (one JSON line per call in
+"""A stand-in OCI runtime for engine tests: records its argv and cwd (one JSON line per call in
 $FAKE_RUNTIME_LOG), and for create/exec starts `sh -c $FAKE_<COMMAND>_SCRIPT` detached, writing
 its pid to --pid-file as runc does. kill signals the pid create recorded. A command named in
 $FAKE_RUNTIME_FAIL fails the way runc does: an error line in its JSON --log, exit status 1.
@@ -16,7 +16,7 @@ COMMANDS = ("create", "restore", "start", "exec", "kill", "delete", "pause", "re
 
 def main(argv: list[str]) -> int:
     with open(os.environ["FAKE_RUNTIME_LOG"], "a", encoding="utf-8") as log:
-        log.write(json.dumps(argv) + "\n")
+        log.write(json.dumps({"argv": argv, "cwd": os.getcwd()}) + "\n")
     index = next(i for i, arg in enumerate(argv) if arg in COMMANDS)
     command, rest = argv[index], argv[index + 1:]
     state = os.path.join(os.environ["FAKE_RUNTIME_STATE"], "init.pid")
