@@ -29,6 +29,12 @@ from pyshim.ttrpc import Server, service_from_descriptor
 
 log = logging.getLogger("pyshim.shim")
 
+#: In containerd's environment, "1" makes every daemon answer SIGUSR2 with a dump of its
+#: objects (`memdump`, read by `bench/pages.py`). Off by default: SIGUSR2 then kills, as
+#: for any process (the tool checks /proc/PID/status SigCgt first).
+MEMORY_DUMP_VARIABLE = "PYSHIM_MEMORY_DUMP"
+MEMORY_DUMP_SIGNAL = signal.SIGUSR2
+
 
 class _NonBlockingStream:
     """stderr (the log FIFO) for logging: a full or reader-less FIFO drops the line instead of
@@ -95,6 +101,8 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     ])
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, finished.set)
+    if os.environ.get(MEMORY_DUMP_VARIABLE) == "1":
+        loop.add_signal_handler(MEMORY_DUMP_SIGNAL, fork_memory_dump)
     await server.start(listener)
     log.info("starting signal loop", extra={"fields": {"path": config.bundle}})
     await finished.wait()
@@ -108,3 +116,18 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     oom_watcher.close()
     reaper.uninstall()
     return 0
+
+
+def fork_memory_dump() -> None:
+    """Fork a child that writes `memdump.dump_path(our pid)` and exits (the reaper collects
+    it as an unclaimed exit). Here only the fork: the walk and its import are the child's."""
+    parent = os.getpid()
+    if os.fork() == 0:
+        code = 1
+        try:
+            from pyshim.shim import memdump
+
+            memdump.write_dump(memdump.dump_path(parent))
+            code = 0
+        finally:
+            os._exit(code)
