@@ -17,6 +17,7 @@ it, see docs/memory.md).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,10 @@ MAX_DAEMON_PRIVATE_DIRTY_KIB = 7_400
 CONTAINERS = 3
 
 
+def is_start_of(container_id: str, line: str) -> bool:
+    return "/tasks/start" in line and f'"container_id":"{container_id}"' in line
+
+
 @pytest.mark.parametrize("forkserver", [True], ids=["forkserver-on"], indirect=True)
 def test_daemon_private_dirty_after_create_and_start_stays_below_the_ceiling(
     shim_containerd: PrivateContainerd, busybox_rootfs: Path
@@ -53,8 +58,7 @@ def test_daemon_private_dirty_after_create_and_start_stays_below_the_ceiling(
                                     str(busybox_rootfs), container_id, "/bin/sleep", "1000")
                 # Create and Start are done, and their events published (the publisher's
                 # work is part of the steady state, not after it).
-                events.wait_for(lambda line, cid=container_id: "/tasks/start" in line
-                                and cid in line)
+                events.wait_for(functools.partial(is_start_of, container_id))
                 shims = shim_processes(shim_containerd, container_id)
                 assert len(shims) == 1, shims
                 assert shims[0].ppid() == server.pid, "the daemon was not the fork-server's"
