@@ -221,9 +221,17 @@ class DumpUnavailable(RuntimeError):
     """The daemon cannot dump its objects (not started with PYSHIM_MEMORY_DUMP=1)."""
 
 
-def request_objects(pid: int, timeout: float = 60.0) -> list[tuple[int, int, str, str]]:
-    """Ask the daemon for its object dump and read it: (start, bytes, type, module) sorted
-    by start. The dump file is removed afterwards."""
+@dataclass
+class Dump:
+    """A daemon's objects, (start, bytes, type, module) sorted by start, and its modules."""
+
+    objects: list[tuple[int, int, str, str]]
+    #: sys.modules, in import order
+    modules: list[str]
+
+
+def request_objects(pid: int, timeout: float = 60.0) -> Dump:
+    """Ask the daemon for its object dump and read it. The dump file is removed after."""
     if not catches(pid, MEMORY_DUMP_SIGNAL):
         raise DumpUnavailable(
             f"pid {pid} does not catch {MEMORY_DUMP_SIGNAL.name}: start containerd with "
@@ -237,9 +245,12 @@ def request_objects(pid: int, timeout: float = 60.0) -> list[tuple[int, int, str
             raise DumpUnavailable(f"no object dump {path} from pid {pid} within {timeout} s")
         time.sleep(0.05)
     found = []
+    modules: list[str] = []
     try:
         with path.open() as dump:
             for line in dump:
+                if line.startswith("# modules: "):
+                    modules = line.split()[2:]
                 if line.startswith("#"):
                     continue
                 address, size, type_name, module = line.split(" ", 3)
@@ -247,7 +258,33 @@ def request_objects(pid: int, timeout: float = 60.0) -> list[tuple[int, int, str
     finally:
         path.unlink(missing_ok=True)
     found.sort()
-    return found
+    return Dump(found, modules)
+
+
+#: What the fork-server imports before it forks (pyshim/shim/forkserver.py main), replayed in
+#: a fresh interpreter: the modules a daemon finds already there.
+_FORKSERVER_IMPORTS = (
+    "import sys; import pyshim.shim.forkserver as server\n"
+    "server.forkclient.code_stamp()\n"
+    "for name in server.PRELOAD: __import__(name)\n"
+    "print(' '.join(sorted(sys.modules)))"
+)
+
+
+def forkserver_modules() -> set[str]:
+    """The modules of a fresh fork-server (same interpreter flags as forkclient.launch)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    output = subprocess.run(
+        [sys.executable, "-I", "-S", "-c",
+         f"import sys; sys.path[:0] = {[str(root), *_site_dirs()]!r}\n" + _FORKSERVER_IMPORTS],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    return set(output.split())
+
+
+def _site_dirs() -> list[str]:
+    return [entry for entry in sys.path if entry.endswith("site-packages")]
 
 
 @dataclass
@@ -391,12 +428,21 @@ def analyse(pid: int, forkserver: int | None, objects: bool, top: int = 25,
     summary = rollup(pid)
     found = count_pages(pid, forkserver)
     attribution = None
+    late: list[str] = []
     if objects:
         written = written_words(pid, forkserver, found) if forkserver else None
-        attribution = attribute(found, request_objects(pid), written)
+        dump = request_objects(pid)
+        attribution = attribute(found, dump.objects, written)
+        before = forkserver_modules()
+        late = [name for name in dump.modules if name not in before]
     if as_json_output:
         return as_json(pid, forkserver, found, summary, attribution)
-    return report(pid, forkserver, found, summary, attribution, top)
+    text = report(pid, forkserver, found, summary, attribution, top)
+    if objects:
+        text += ("\n\nmodules imported after the fork (not in a fresh fork-server), in "
+                 "import order: "
+                 + (", ".join(late) or "none"))
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -373,11 +373,12 @@ def soak_phase(session: Session, results: Results, cycles: int) -> None:
         results.soak[config.name] = soak
         progress(f"exec soak {config.name}: {cycles} cycles in {soak.seconds:.0f} s, RSS "
                  f"{soak.rss_before_kib} → {soak.rss_after_kib} KiB "
-                 f"({soak.growth_kib:+d} KiB)")
+                 f"({soak.growth_kib:+d} KiB); after each tenth: {soak.samples}")
     results.notes.append(
-        "Exec soak: RSS (KiB) after the warm-up → after the cycles: " + "; ".join(
-            f"{name} {soak.rss_before_kib} → {soak.rss_after_kib} ({soak.seconds:.0f} s)"
-            for name, soak in results.soak.items()) + f"; {suite_soak.CONCURRENCY} cycles at "
+        "Exec soak: RSS (KiB) after the warm-up, then after each tenth of the cycles: "
+        + "; ".join(f"{name} {soak.rss_before_kib}, {', '.join(map(str, soak.samples))} "
+                    f"({soak.seconds:.0f} s)" for name, soak in results.soak.items())
+        + f"; {suite_soak.CONCURRENCY} cycles at "
         "a time over ttrpc straight to the shim's socket; pyshim-cold not run (its daemon "
         "runs the same code).")
 

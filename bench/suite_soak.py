@@ -39,6 +39,8 @@ class Soak:
     rss_before_kib: int
     rss_after_kib: int
     seconds: float
+    #: RSS (KiB) after each tenth of the cycles: a leak grows steadily, a warm-up levels off
+    samples: tuple[int, ...] = ()
 
     @property
     def growth_kib(self) -> int:
@@ -63,6 +65,8 @@ async def _cycle(client: Client, container_id: str, exec_id: str) -> None:
 
 
 async def _cycles(client: Client, container_id: str, prefix: str, count: int) -> None:
+    if count <= 0:
+        return
     numbers = iter(range(count))
 
     async def worker() -> None:
@@ -91,9 +95,15 @@ def measure(session: Session, config: Config, cycles: int) -> Soak:
                 await _cycles(client, container_id, "w", WARM_UP)
                 before = rollup(pid)[1]
                 began = time.perf_counter()
-                await _cycles(client, container_id, "s", cycles)
+                samples = []
+                done = 0
+                for tenth in range(1, 11):
+                    chunk = cycles * tenth // 10 - done
+                    await _cycles(client, container_id, f"s{tenth}-", chunk)
+                    done += chunk
+                    samples.append(rollup(pid)[1])
                 seconds = time.perf_counter() - began
-                return Soak(cycles, before, rollup(pid)[1], seconds)
+                return Soak(cycles, before, samples[-1], seconds, tuple(samples))
 
         try:
             return uvloop.run(scenario())
