@@ -31,6 +31,7 @@ def write_dump(path: str) -> None:
     temp = f"{path}.tmp"
     with open(temp, "w") as out:
         out.write("# address size type module (pyshim.shim.memdump)\n")
+        out.write("# modules: " + " ".join(sys.modules) + "\n")  # in import order
         for address, size, type_name, module in objects():
             out.write(f"{address:x} {size} {type_name} {module}\n")
     os.rename(temp, path)
