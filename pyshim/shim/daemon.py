@@ -29,6 +29,10 @@ from pyshim.task_service import TaskService
 from pyshim.ttrpc import Server, bind, method_specs
 
 log = logging.getLogger("pyshim.shim")
+# A daemon's usual level, set here, at import (in the fork-server): then the daemon's own
+# configure_logging does not call setLevel, which walks every logger of the process and so
+# copies their pages into each daemon.
+logging.getLogger("pyshim").setLevel(logging.INFO)
 
 #: The Task service's methods (v2, and the same handlers as v3), looked up at import: in the
 #: fork-server, once, instead of in every daemon.
