@@ -34,12 +34,16 @@ def test_a_new_loops_zeroed_buffer_is_released_and_reads_stay_correct() -> None:
         assert before - after >= released * PAGE_SIZE // 1024 // 2, (before, after, released)
         assert release_zero_pages(loop) == released  # still zero (nothing read yet)
 
-        async def echo_through_the_loop() -> bytes:
+        async def read_through_the_loop() -> bytes:
             ours, theirs = socket.socketpair()
             reader, writer = await asyncio.open_connection(sock=ours)
+
+            def send() -> None:
+                theirs.sendall(PAYLOAD)
+                theirs.shutdown(socket.SHUT_WR)
+
             try:
-                sender = asyncio.get_running_loop().run_in_executor(
-                    None, lambda: (theirs.sendall(PAYLOAD), theirs.shutdown(socket.SHUT_WR)))
+                sender = asyncio.get_running_loop().run_in_executor(None, send)
                 received = await reader.read(-1)
                 await sender
                 return received
@@ -47,7 +51,7 @@ def test_a_new_loops_zeroed_buffer_is_released_and_reads_stay_correct() -> None:
                 writer.close()
                 theirs.close()
 
-        assert loop.run_until_complete(echo_through_the_loop()) == PAYLOAD
+        assert loop.run_until_complete(read_through_the_loop()) == PAYLOAD
         # The buffer now holds data: pages with data are not released.
         assert release_zero_pages(loop) < released
     finally:
