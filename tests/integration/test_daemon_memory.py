@@ -29,8 +29,9 @@ def test_a_new_loops_zeroed_buffer_is_released_and_reads_stay_correct() -> None:
         before = private_dirty_kib()
         released = release_zero_pages(loop)
         after = private_dirty_kib()
-        # uvloop.Loop embeds a 256 KiB receive buffer: (nearly) all of its 64 pages are zero.
-        assert released >= (256 * 1024) // PAGE_SIZE - 2, released
+        # uvloop.Loop embeds a 256 KiB receive buffer: its 64 pages are zero, but for the one
+        # or two it shares with the loop's other fields (the object is not page-aligned).
+        assert released >= (256 * 1024) // PAGE_SIZE - 4, released
         assert before - after >= released * PAGE_SIZE // 1024 // 2, (before, after, released)
         assert release_zero_pages(loop) == released  # still zero (nothing read yet)
 
