@@ -102,11 +102,11 @@ def release_zero_pages(obj: object) -> int:
     """Give the kernel back the pages inside `obj` that hold only zeros; returns how many.
 
     For uvloop's loop: it embeds a 256 KiB receive buffer that its allocation zeroes, so every
-    daemon would keep 64 private pages of zeros; reads fill only the first page or two.
-    Dropping a page that holds only zeros changes nothing a reader can see (a private
-    anonymous page reads back as zeros; the loop's memory is always anonymous, from malloc)
-    and it is only ever written by this thread, between this check and the madvise nothing
-    runs. A page is only counted once it is fully inside the object.
+    daemon would keep 64 private pages of zeros, of which ttrpc's small reads use one or two.
+    Dropping a page that holds only zeros changes nothing a reader can see: a private
+    anonymous page (the loop comes from malloc) reads back as zeros, only this thread writes
+    the loop, and nothing runs between the check and the madvise. Only pages wholly inside
+    the object are considered.
     """
     start = id(obj)
     end = start + type(obj).__basicsize__
