@@ -173,8 +173,16 @@ def environment() -> Iterator[tuple[PrivateContainerd, Path]]:
     try:
         yield containerd, make_busybox_rootfs(containerd.base_dir / "rootfs")
     finally:
-        # The fork-server (and any daemon left) re-parented to us: stop them by pid.
-        for process in shim_processes_of_ours():
+        # The fork-server, any daemon left, and (after a failure) a container's processes
+        # re-parented to us: everything below us but containerd's tree (its stop() ends
+        # that) is ours; stop them by pid.
+        keep = {containerd.subreaper_pid}
+        with contextlib.suppress(psutil.Error):
+            keep |= {child.pid for child in
+                     psutil.Process(containerd.subreaper_pid).children(recursive=True)}
+        for process in shim_processes_of_ours() + psutil.Process().children(recursive=True):
+            if process.pid in keep:
+                continue
             with contextlib.suppress(psutil.Error):
                 process.send_signal(signal.SIGKILL)
                 process.wait(10)
