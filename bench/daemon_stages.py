@@ -7,13 +7,14 @@ brings it up).
 
 What a step adds to Private_Dirty is what moving that step into a short-lived child would
 save at most (the child's pages die with it). With ``--pages STAGE`` it prints
-``bench.pages``' attribution (with objects) after that stage.
+``bench.pages``' attribution (with objects) after that stage; with ``--delta`` as well, of
+only the pages that became private in that step (what that step cost).
 
 Needs root, containerd, runc, /bin/busybox. A private containerd serves the events; this
 process is child subreaper while it runs, so the fork-server and the daemons re-parent to
 it and are stopped by pid at the end.
 
-Usage: python -m bench.daemon_stages [--pages after-start] [--runs N]
+Usage: python -m bench.daemon_stages [--runs N] [--pages STAGE [--delta]]
 """
 
 from __future__ import annotations
@@ -102,18 +103,24 @@ def daemon_pid(container_id: str) -> int:
     raise RuntimeError(f"no daemon for {container_id}")
 
 
-def measure_run(containerd: PrivateContainerd, rootfs: Path,
-                pages_at: str | None) -> dict[str, pages.Rollup]:
+def measure_run(containerd: PrivateContainerd, rootfs: Path, pages_at: str | None,
+                delta: bool = False) -> dict[str, pages.Rollup]:
     container_id = unique_id("stages")
     address, _bundle = shim_start(containerd, rootfs, container_id)
     pid = daemon_pid(container_id)
     figures: dict[str, pages.Rollup] = {}
     attribution: list[str] = []
 
+    forkserver = pages.forkserver_of(pid)
+    previous: list[set[int]] = []
+
     def record(stage: str) -> None:
         figures[stage] = pages.rollup(pid)
         if stage == pages_at:
-            attribution.append(pages.analyse(pid, pages.forkserver_of(pid), objects=True))
+            attribution.append(pages.analyse(pid, forkserver, objects=True,
+                                             since=previous[-1] if delta and previous else None))
+        if delta:
+            previous.append(pages.private_pages(pid, forkserver))
 
     # The daemon's own start-up (loop, server, publisher) is part of "listening"; nothing
     # tells when it is done before the first call, so give it half a second.
@@ -194,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="daemons measured, one by one")
     parser.add_argument("--pages", choices=STAGES, help="bench.pages attribution at this stage")
+    parser.add_argument("--delta", action="store_true",
+                        help="with --pages: attribute only the pages that became private in "
+                             "that step")
     args = parser.parse_args(argv)
     reason = missing_requirements()
     if reason is not None:
@@ -204,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         address, _ = shim_start(containerd, rootfs, warm_up)  # launches the fork-server
         uvloop.run(shutdown(address, warm_up))
         for index in range(args.runs):
-            runs.append(measure_run(containerd, rootfs, args.pages if index == 0 else None))
+            runs.append(measure_run(containerd, rootfs, args.pages if index == 0 else None,
+                                    args.delta and index == 0))
     print(f"{'stage':<10} {'Private_Dirty':>13} {'delta':>6} {'USS':>6} {'PSS':>6} {'RSS':>6}"
           "  (KiB, median of runs)")
     previous = 0

@@ -422,11 +422,32 @@ def as_json(pid: int, forkserver: int | None, found: list[Region], summary: Roll
     }, indent=1)
 
 
+def private_pages(pid: int, forkserver: int | None) -> set[int]:
+    """Addresses of the daemon's private pages now (for `analyse(since=...)`)."""
+    return {page for region in count_pages(pid, forkserver) for page in region.private_pages}
+
+
+def leave_out(found: list[Region], pages: set[int]) -> None:
+    """Drop these pages from the regions' private pages and counts (they were private
+    before the step being explained)."""
+    for region in found:
+        copied = set(region.copied_pages)
+        kept = [page for page in region.private_pages if page not in pages]
+        region.copied_pages = [page for page in kept if page in copied]
+        region.copied = len(region.copied_pages)
+        region.new = len(kept) - region.copied
+        region.private_pages = kept
+
+
 def analyse(pid: int, forkserver: int | None, objects: bool, top: int = 25,
-            as_json_output: bool = False) -> str:
-    """The whole report for one daemon (pages first, then the dump, if asked for)."""
+            as_json_output: bool = False, since: set[int] | None = None) -> str:
+    """The whole report for one daemon (pages first, then the dump, if asked for). With
+    `since` (from `private_pages` before some step), only the pages that became private
+    after it are attributed: what that step cost."""
     summary = rollup(pid)
     found = count_pages(pid, forkserver)
+    if since is not None:
+        leave_out(found, since)
     attribution = None
     late: list[str] = []
     if objects:
@@ -438,6 +459,9 @@ def analyse(pid: int, forkserver: int | None, objects: bool, top: int = 25,
     if as_json_output:
         return as_json(pid, forkserver, found, summary, attribution)
     text = report(pid, forkserver, found, summary, attribution, top)
+    if since is not None:
+        text = ("(only the pages that became private since the previous step; the "
+                "smaps_rollup line is the whole daemon's)\n" + text)
     if objects:
         text += ("\n\nmodules imported after the fork (not in a fresh fork-server), in "
                  "import order: "
