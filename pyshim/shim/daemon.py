@@ -8,10 +8,12 @@ dying on it, and exits once containerd's Shutdown finds no container left.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import ctypes
 import logging
 import os
+import resource  # noqa: F401  (imported here, in the fork-server: see below)
 import signal
 import socket
 
@@ -33,6 +35,12 @@ log = logging.getLogger("pyshim.shim")
 # configure_logging does not call setLevel, which walks every logger of the process and so
 # copies their pages into each daemon.
 logging.getLogger("pyshim").setLevel(logging.INFO)
+
+# What a daemon would otherwise import on first use, each import running importlib's Python
+# code in every daemon (~250 KiB of private pages together): `resource` (os.wait4, the
+# reaper's, imports it at its first call for its rusage) and the ascii codec (bundle.read_pid
+# opens the pid file with encoding="ascii"; the lookup is cached for the process).
+codecs.lookup("ascii")
 
 #: The Task service's methods (v2, and the same handlers as v3), looked up at import: in the
 #: fork-server, once, instead of in every daemon.
