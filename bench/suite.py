@@ -18,7 +18,14 @@ over rounds of the per-round ratio):
 * stdout relay (``--relay-rounds``): ``dd`` of ``--relay-mib`` MiB through attached
   ``ctr run --rm``; MB/s net of the same round's ``/bin/true`` baseline, and raw;
 * bursts (``--burst-rounds``): wall time to start ``--burst`` containers in sequence, and from
-  ``--workers`` threads in parallel.
+  ``--workers`` threads in parallel;
+* idle wakeups (``--idle-seconds``, default 60): CPU time and context switches of one idle
+  container's shim processes over that window (``bench.suite_idle``);
+* exec soak (``--soak-execs``, default 10,000): RSS growth of one shim over that many exec
+  create/start/wait/delete cycles, pyshim and runc-v2 (``bench.suite_soak``).
+
+``--phases`` runs some of them only (e.g. ``--phases idle,soak --idle-seconds 10
+--soak-execs 200 --out /tmp/b.md`` to try the last two quickly).
 
 Needs root, containerd, ctr, runc and /bin/busybox. Everything it starts is stopped and removed
 at the end, also on failure or Ctrl-C. A failed ``ctr`` stops the suite with a message.
@@ -46,7 +53,15 @@ from typing import TypeVar
 
 import psutil
 
-from bench import conmon_version, suite_ksm, suite_memory, suite_relay, suite_timing
+from bench import (
+    conmon_version,
+    suite_idle,
+    suite_ksm,
+    suite_memory,
+    suite_relay,
+    suite_soak,
+    suite_timing,
+)
 from bench.common import missing_requirements
 from bench.suite_ctr import Session
 from bench.suite_env import (
@@ -75,6 +90,9 @@ from pyshim.shim import forkclient
 
 REPO = Path(__file__).resolve().parents[1]
 PSS_TARGET_MIB = 1.3
+PHASES = ("memory", "latency", "relay", "burst", "ksm", "idle", "soak")
+#: The configurations the exec soak runs (pyshim-cold's daemon runs the same code as pyshim's).
+SOAK_CONFIGS = ("pyshim", "runc-v2")
 
 
 @dataclass
@@ -95,6 +113,10 @@ class Results:
     ksm_found: dict[str, str] = field(default_factory=dict)
     load_start: float = 0.0
     load_end: float = 0.0
+    #: config name → activity of its idle shim over the window; the fork-server's
+    idle: dict[str, suite_idle.Activity] = field(default_factory=dict)
+    idle_forkserver: suite_idle.Activity | None = None
+    soak: dict[str, suite_soak.Soak] = field(default_factory=dict)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -114,11 +136,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst-rounds", type=int, help="burst rounds (default 3; 1)")
     parser.add_argument("--workers", type=int, default=4, help="threads of the parallel burst")
     parser.add_argument("--no-ksm", action="store_true", help="skip the 'with KSM' rows")
+    parser.add_argument("--idle-seconds", type=float,
+                        help="idle-wakeup window in seconds (default 60; 10 with --quick)")
+    parser.add_argument("--soak-execs", type=int,
+                        help="exec cycles of the soak (default 10000; 200 with --quick)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated phases to run (default all: {','.join(PHASES)})")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md",
                         help="markdown report (the chart goes next to it, as .png)")
     args = parser.parse_args(argv)
     defaults = {"rounds": (20, 3), "relay_rounds": (3, 1), "relay_mib": (512, 256),
-                "burst": (50, 10), "burst_rounds": (3, 1)}
+                "burst": (50, 10), "burst_rounds": (3, 1), "idle_seconds": (60.0, 10.0),
+                "soak_execs": (10_000, 200)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -131,6 +160,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--counts: not a list of integers: {counts!r}")
     if args.counts[0] < 1:
         parser.error("--counts must be positive")
+    args.phases = [word.strip() for word in args.phases.split(",") if word.strip()]
+    unknown = sorted(set(args.phases) - set(PHASES))
+    if unknown:
+        parser.error(f"--phases: unknown {unknown}; known: {', '.join(PHASES)}")
     return args
 
 
@@ -317,6 +350,39 @@ def burst_phase(session: Session, results: Results, rounds: int, count: int,
         progress(f"burst round {index}/{rounds} done")
 
 
+def idle_phase(session: Session, results: Results, seconds: float, settle: float) -> None:
+    figures, server = measured(session, results, "idle wakeups",
+                               functools.partial(suite_idle.measure, session, seconds, settle))
+    results.idle = figures
+    results.idle_forkserver = server
+    progress("idle wakeups over {:g} s: {}".format(seconds, "; ".join(
+        f"{name} {one.cpu_ms:.0f} ms CPU, {one.switches} switches"
+        for name, one in figures.items())))
+    if server is not None:
+        results.notes.append(
+            f"Idle window: pyshim's fork-server (one per node, not in the row) used "
+            f"{server.cpu_ms:.0f} ms CPU and {server.switches} context switches.")
+
+
+def soak_phase(session: Session, results: Results, cycles: int) -> None:
+    for config in CONFIGS:
+        if config.name not in SOAK_CONFIGS:
+            continue
+        soak = measured(session, results, f"exec soak {config.name}",
+                        functools.partial(suite_soak.measure, session, config, cycles))
+        results.soak[config.name] = soak
+        progress(f"exec soak {config.name}: {cycles} cycles in {soak.seconds:.0f} s, RSS "
+                 f"{soak.rss_before_kib} → {soak.rss_after_kib} KiB "
+                 f"({soak.growth_kib:+d} KiB); after each tenth: {soak.samples}")
+    results.notes.append(
+        "Exec soak: RSS (KiB) after the warm-up, then after each tenth of the cycles: "
+        + "; ".join(f"{name} {soak.rss_before_kib}, {', '.join(map(str, soak.samples))} "
+                    f"({soak.seconds:.0f} s)" for name, soak in results.soak.items())
+        + f"; {suite_soak.CONCURRENCY} cycles at "
+        "a time over ttrpc straight to the shim's socket; pyshim-cold not run (its daemon "
+        "runs the same code).")
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -339,25 +405,49 @@ def build_rows(args: argparse.Namespace, results: Results) -> list[Row]:
     def relay(key: str) -> dict[str, list[float]]:
         return {name: [run[key] for run in runs] for name, runs in results.relay.items()}
 
-    rows += [
-        series_row("`ctr run -d` sleep (create+start)", "ms", 1, latency("run_d_ms"),
-                   Target("ratio ≤ 1.00", 1.00), chart="ctr run -d"),
-        series_row("`ctr run --rm` /bin/true", "ms", 1, latency("run_rm_ms"),
-                   Target("ratio ≤ 1.05", 1.05), chart="ctr run --rm"),
-        series_row("`ctr task exec` /bin/true", "ms", 1, latency("exec_ms"),
-                   Target("ratio ≤ 1.00", 1.00), chart="ctr task exec"),
-        series_row("exit detection (SIGKILL → /tasks/exit read)", "ms", 2, latency("exit_ms"),
-                   Target("≤ 2.0 ms", 2.0, on_ratio=False), chart="exit detection"),
-        series_row(f"stdout relay, {args.relay_mib} MiB, net of baseline", "MB/s", 0,
-                   relay("bulk_net_mbs"), Target("ratio ≥ 1.2", 1.2, upper=False),
-                   chart="stdout relay (net)", higher_is_better=True),
-        series_row(f"stdout relay, {args.relay_mib} MiB, raw", "MB/s", 0, relay("bulk_raw_mbs"),
-                   higher_is_better=True),
-        series_row(f"start {args.burst} containers in sequence", "s", 2,
-                   results.burst_sequence, chart=f"{args.burst} starts, sequence"),
-        series_row(f"start {args.burst} containers, {args.workers} in parallel", "s", 2,
-                   results.burst_parallel, chart=f"{args.burst} starts, {args.workers} parallel"),
-    ]
+    if any(results.latency.values()):
+        rows += [
+            series_row("`ctr run -d` sleep (create+start)", "ms", 1, latency("run_d_ms"),
+                       Target("ratio ≤ 1.00", 1.00), chart="ctr run -d"),
+            series_row("`ctr run --rm` /bin/true", "ms", 1, latency("run_rm_ms"),
+                       Target("ratio ≤ 1.05", 1.05), chart="ctr run --rm"),
+            series_row("`ctr task exec` /bin/true", "ms", 1, latency("exec_ms"),
+                       Target("ratio ≤ 1.00", 1.00), chart="ctr task exec"),
+            series_row("exit detection (SIGKILL → /tasks/exit read)", "ms", 2,
+                       latency("exit_ms"), Target("≤ 2.0 ms", 2.0, on_ratio=False),
+                       chart="exit detection"),
+        ]
+    if any(results.relay.values()):
+        rows += [
+            series_row(f"stdout relay, {args.relay_mib} MiB, net of baseline", "MB/s", 0,
+                       relay("bulk_net_mbs"), Target("ratio ≥ 1.2", 1.2, upper=False),
+                       chart="stdout relay (net)", higher_is_better=True),
+            series_row(f"stdout relay, {args.relay_mib} MiB, raw", "MB/s", 0,
+                       relay("bulk_raw_mbs"), higher_is_better=True),
+        ]
+    if any(results.burst_sequence.values()):
+        rows += [
+            series_row(f"start {args.burst} containers in sequence", "s", 2,
+                       results.burst_sequence, chart=f"{args.burst} starts, sequence"),
+            series_row(f"start {args.burst} containers, {args.workers} in parallel", "s", 2,
+                       results.burst_parallel,
+                       chart=f"{args.burst} starts, {args.workers} parallel"),
+        ]
+    if results.idle:
+        window = f"{args.idle_seconds:g} s"
+        rows += [
+            single_row(f"idle shim over {window}: CPU time", "ms", 0,
+                       {name: one.cpu_ms for name, one in results.idle.items()},
+                       Target("= 0", 0.0, on_ratio=False)),
+            single_row(f"idle shim over {window}: context switches", "count", 0,
+                       {name: float(one.switches) for name, one in results.idle.items()},
+                       Target("= 0", 0.0, on_ratio=False)),
+        ]
+    if results.soak:
+        rows.append(single_row(
+            f"exec soak: RSS growth over {args.soak_execs:,} exec cycles", "KiB", 0,
+            {name: float(soak.growth_kib) for name, soak in results.soak.items()},
+            Target("< 1 MiB", MIB_KIB, on_ratio=False)))
     version_ms = results.conmon_version.get("pyshim-conmon --version")
     if version_ms is not None:
         # podman's monitor check; no runc-v2 counterpart (conmon's own is in the notes).
@@ -455,6 +545,16 @@ def document(args: argparse.Namespace, results: Results, rows: list[Row], wall_s
         f"- **Bursts**: {args.burst_rounds} rounds: wall time to start {args.burst} sleepers "
         f"with `ctr run -d`, one after the other, and from {args.workers} threads each "
         "running `ctr run -d`; then (untimed) all are deleted.",
+        f"- **Idle wakeups**: one idle sleeper per configuration, all three at once; after "
+        f"{args.settle:g} s, CPU time (`/proc/PID/stat` utime + stime) and context switches "
+        "(voluntary + nonvoluntary, `/proc/PID/task/*/status`, every thread) of each one's "
+        f"shim processes over {args.idle_seconds:g} s. Targets: zero (the Go shim's runtime "
+        "wakes up every 30 s or so).",
+        f"- **Exec soak**: per configuration (pyshim, runc-v2) one sleeper; "
+        f"{suite_soak.WARM_UP} warm-up cycles, then {args.soak_execs:,} cycles of `Exec`, "
+        "`Start`, `Wait`, `Delete` of `/bin/true` over ttrpc straight to the shim's socket, "
+        f"{suite_soak.CONCURRENCY} at a time; growth = the daemon's RSS after minus after the "
+        "warm-up. Target: < 1 MiB.",
         "- Every pyshim start measured is checked to have been forked by the fork-server, "
         "every pyshim-cold start not to.",
     ]
@@ -479,13 +579,21 @@ def run(args: argparse.Namespace) -> Results:
         session = Session(containerd, rootfs, ids)
         progress(f"private containerd {containerd.base_dir} up")
         verify_configs(session, results)
-        memory_phase(session, results, args.counts, args.settle)
-        latency_phase(session, results, args.rounds)
-        relay_phase(session, results, args.relay_rounds, args.relay_mib)
-        burst_phase(session, results, args.burst_rounds, args.burst, args.workers)
-        if args.no_ksm:
-            results.notes.append("'with KSM' rows skipped (--no-ksm).")
-        else:
+        if "memory" in args.phases:
+            memory_phase(session, results, args.counts, args.settle)
+        if "latency" in args.phases:
+            latency_phase(session, results, args.rounds)
+        if "relay" in args.phases:
+            relay_phase(session, results, args.relay_rounds, args.relay_mib)
+        if "burst" in args.phases:
+            burst_phase(session, results, args.burst_rounds, args.burst, args.workers)
+        if "idle" in args.phases:
+            idle_phase(session, results, args.idle_seconds, args.settle)
+        if "soak" in args.phases:
+            soak_phase(session, results, args.soak_execs)
+        if args.no_ksm or "ksm" not in args.phases:
+            results.notes.append("'with KSM' rows skipped.")
+        elif "memory" in args.phases:
             ksm_phase(session, results, args.counts[-1], args.settle)
     progress("private containerd stopped and removed")
     results.conmon_version = conmon_version.figures(runs=50)

@@ -76,6 +76,7 @@ def configure(
     handler.setFormatter(LogfmtFormatter(fields))
     root = logging.getLogger("pyshim")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    if root.level != level:  # setLevel walks every logger (clearing caches) even if unchanged
+        root.setLevel(level)
     root.propagate = False
     return handler

@@ -8,9 +8,12 @@ dying on it, and exits once containerd's Shutdown finds no container left.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import ctypes
 import logging
 import os
+import resource  # noqa: F401  (imported here, in the fork-server: see below)
 import signal
 import socket
 
@@ -23,13 +26,50 @@ from pyshim.ops import registry
 from pyshim.options import InvalidOptions, RuncOptions, decode
 from pyshim.protos.containerd.task.v2 import shim_pb2 as task_v2
 from pyshim.protos.containerd.task.v3 import shim_pb2 as task_v3
-from pyshim.reaper import Reaper, become_subreaper
+from pyshim.reaper import Reaper
 from pyshim.shim.introspect import Introspect
 from pyshim.shim.start import RUNTIME_NAME, DaemonConfig, lock_path
 from pyshim.task_service import TaskService
-from pyshim.ttrpc import Server, service_from_descriptor
+from pyshim.ttrpc import Server, bind, method_specs
 
 log = logging.getLogger("pyshim.shim")
+# A daemon's usual level, set here, at import (in the fork-server): then the daemon's own
+# configure_logging does not call setLevel, which walks every logger of the process and so
+# copies their pages into each daemon.
+logging.getLogger("pyshim").setLevel(logging.INFO)
+
+# What a daemon would otherwise import on first use, each import running importlib's Python
+# code in every daemon (~250 KiB of private pages together): `resource` (os.wait4, the
+# reaper's, imports it at its first call for its rusage) and the ascii codec (bundle.read_pid
+# opens the pid file with encoding="ascii"; the lookup is cached for the process).
+codecs.lookup("ascii")
+
+#: The Task service's methods (v2, and the same handlers as v3), looked up at import: in the
+#: fork-server, once, instead of in every daemon.
+TASK_SERVICES = tuple(
+    (descriptor.full_name, method_specs(descriptor))
+    for descriptor in (task_v2.DESCRIPTOR.services_by_name["Task"],
+                       task_v3.DESCRIPTOR.services_by_name["Task"])
+)
+
+#: In containerd's environment, "1" makes every daemon answer SIGUSR2 with a dump of its
+#: objects (`memdump`, read by `bench/pages.py`). Off by default: SIGUSR2 then kills, as
+#: for any process (the tool checks /proc/PID/status SigCgt first).
+MEMORY_DUMP_VARIABLE = "PYSHIM_MEMORY_DUMP"
+MEMORY_DUMP_SIGNAL = signal.SIGUSR2
+
+# libc's prctl and madvise, looked up here, at import: the fork-server imports this module,
+# so every daemon shares these objects instead of building (and importing) its own after the
+# fork (python-prctl's import alone cost each daemon ~150 KiB of private pages).
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_prctl = _LIBC.prctl
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_madvise = _LIBC.madvise
+_madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+PR_SET_CHILD_SUBREAPER = 36
+MADV_DONTNEED = 4
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 class _NonBlockingStream:
@@ -61,6 +101,34 @@ def configure_logging(config: DaemonConfig) -> None:
     )
 
 
+def become_subreaper() -> None:
+    """Container processes whose parent (runc) exits are re-parented to us, so we see them."""
+    if _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
+
+
+def release_zero_pages(obj: object) -> int:
+    """Give the kernel back the pages inside `obj` that hold only zeros; returns how many.
+
+    For uvloop's loop: it embeds a 256 KiB receive buffer that its allocation zeroes, so every
+    daemon would keep 64 private pages of zeros, of which ttrpc's small reads use one or two.
+    Dropping a page that holds only zeros changes nothing a reader can see: a private
+    anonymous page (the loop comes from malloc) reads back as zeros, only this thread writes
+    the loop, and nothing runs between the check and the madvise. Only pages wholly inside
+    the object are considered.
+    """
+    start = id(obj)
+    end = start + type(obj).__basicsize__
+    first = -(-start // PAGE_SIZE) * PAGE_SIZE
+    released = 0
+    for page in range(first, end - PAGE_SIZE + 1, PAGE_SIZE):
+        if ctypes.string_at(page, PAGE_SIZE) == _ZERO_PAGE and _madvise(
+                page, PAGE_SIZE, MADV_DONTNEED) == 0:
+            released += 1
+    return released
+
+
 def serve(config: DaemonConfig, listener: socket.socket) -> int:
     """Serve until the last container is gone and Shutdown was called; returns the exit code."""
     become_subreaper()
@@ -73,6 +141,7 @@ def serve(config: DaemonConfig, listener: socket.socket) -> int:
 
 async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     loop = asyncio.get_running_loop()
+    release_zero_pages(loop)
     try:
         options = decode(*config.options)
     except InvalidOptions as error:
@@ -94,14 +163,13 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
         on_last_shutdown=finished.set,
     )
     introspect = Introspect(config, service)
-    server = Server([
-        service_from_descriptor(task_v2.DESCRIPTOR.services_by_name["Task"], service),
-        service_from_descriptor(task_v3.DESCRIPTOR.services_by_name["Task"], service),
-        introspect.service(),
-    ])
+    server = Server([*(bind(specs, service, name) for name, specs in TASK_SERVICES),
+                     introspect.service()])
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, finished.set)
     introspect.install_signal(loop)
+    if os.environ.get(MEMORY_DUMP_VARIABLE) == "1":
+        loop.add_signal_handler(MEMORY_DUMP_SIGNAL, fork_memory_dump)
     await server.start(listener)
     entry = introspect.register()
     log.info("starting signal loop", extra={"fields": {"path": config.bundle}})
@@ -121,3 +189,18 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     oom_watcher.close()
     reaper.uninstall()
     return 0
+
+
+def fork_memory_dump() -> None:
+    """Fork a child that writes `memdump.dump_path(our pid)` and exits (the reaper collects
+    it as an unclaimed exit). Here only the fork: the walk and its import are the child's."""
+    parent = os.getpid()
+    if os.fork() == 0:
+        code = 1
+        try:
+            from pyshim.shim import memdump
+
+            memdump.write_dump(memdump.dump_path(parent))
+            code = 0
+        finally:
+            os._exit(code)

@@ -6,7 +6,15 @@ sans-IO (`frame`, `connection`); `server` and `client` put asyncio sockets aroun
 
 from pyshim.ttrpc.client import Client, socket_path
 from pyshim.ttrpc.server import Server, listen_unix, peer_credentials
-from pyshim.ttrpc.service import CallContext, Method, Service, service_from_descriptor
+from pyshim.ttrpc.service import (
+    CallContext,
+    Method,
+    MethodSpec,
+    Service,
+    bind,
+    method_specs,
+    service_from_descriptor,
+)
 from pyshim.ttrpc.status import (
     AlreadyExists,
     Cancelled,
@@ -38,6 +46,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "Method",
+    "MethodSpec",
     "NotFound",
     "PermissionDenied",
     "RPCError",
@@ -47,7 +56,9 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "Unknown",
+    "bind",
     "listen_unix",
+    "method_specs",
     "peer_credentials",
     "service_from_descriptor",
     "socket_path",

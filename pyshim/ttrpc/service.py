@@ -50,23 +50,45 @@ def snake_case(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    """A method as the descriptor defines it, before it is bound to an implementation."""
+
+    name: str
+    handler_name: str
+    request_type: type[Message]
+    response_type: type[Message]
+
+
+def method_specs(descriptor: ServiceDescriptor) -> tuple[MethodSpec, ...]:
+    """The descriptor's methods with their message classes and handler names. A process that
+    forks servers (the shim's fork-server) computes these once, before the fork, so that no
+    child runs the descriptor and message-class lookups (or writes to their objects)."""
+    return tuple(
+        MethodSpec(method.name, snake_case(method.name), GetMessageClass(method.input_type),
+                   GetMessageClass(method.output_type))
+        for method in descriptor.methods
+    )
+
+
+def bind(specs: tuple[MethodSpec, ...], implementation: object, name: str) -> Service:
+    """Bind the methods to the implementation's snake_case coroutine methods.
+
+    A method the implementation lacks is left out, so calling it answers UNIMPLEMENTED.
+    """
+    methods: dict[str, Method] = {}
+    for spec in specs:
+        handler = getattr(implementation, spec.handler_name, None)
+        if handler is not None:
+            methods[spec.name] = Method(spec.name, spec.request_type, spec.response_type,
+                                        handler)
+    return Service(name, methods)
+
+
 def service_from_descriptor(
     descriptor: ServiceDescriptor, implementation: object, *, name: str | None = None
 ) -> Service:
-    """Bind the descriptor's methods to the implementation's snake_case coroutine methods.
-
-    A method the implementation lacks is left out, so calling it answers UNIMPLEMENTED.
-    `name` overrides the full service name (one implementation served as v2 and v3).
-    """
-    methods: dict[str, Method] = {}
-    for method in descriptor.methods:
-        handler = getattr(implementation, snake_case(method.name), None)
-        if handler is None:
-            continue
-        methods[method.name] = Method(
-            method.name,
-            GetMessageClass(method.input_type),
-            GetMessageClass(method.output_type),
-            handler,
-        )
-    return Service(name or descriptor.full_name, methods)
+    """Bind the descriptor's methods to the implementation's snake_case coroutine methods
+    (see `bind`). `name` overrides the full service name (one implementation served as v2
+    and v3)."""
+    return bind(method_specs(descriptor), implementation, name or descriptor.full_name)
