@@ -35,9 +35,11 @@ from tests.e2e.containerd import PrivateContainerd
 #: 2 CPUs, Debian 12, Python 3.11, containerd 1.6.20, runc 1.1.5, 3-4 runs x 3 containers:
 #: main (f858bc6) 7,044-7,180 KiB; branch memtools (issue 14: no imports after the fork,
 #: uvloop's zeroed buffer given back, service tables and logger level set in the fork-server)
-#: 5,976-6,004 KiB. Set just above; lower it whenever the daemon gets leaner, so that growth
-#: is a deliberate change of this number. Other Python versions may need their own figure.
-MAX_DAEMON_PRIVATE_DIRTY_KIB = 6_200
+#: 5,976-6,004 KiB. Merged with the Introspect service and shim registry (issue 13) and the
+#: runtime-neutral engine (issue 12): 6,304-6,308 KiB, the growth all before the first request
+#: (bench.daemon_stages: listening 4,156 -> 4,464 KiB). Set just above; lower it whenever the
+#: daemon gets leaner, so that growth is a deliberate change of this number.
+MAX_DAEMON_PRIVATE_DIRTY_KIB = 6_400
 #: Daemons measured per run: the first and later forks of one fork-server alike.
 CONTAINERS = 3
 
