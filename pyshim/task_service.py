@@ -23,10 +23,10 @@ from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from pyshim import identifiers
 from pyshim import options as runtime_options
 from pyshim.cgroup_metrics import metrics
-from pyshim.cgroups import OOMWatcher
 from pyshim.events import Publisher
 from pyshim.io import StdioConfig
 from pyshim.mount import Mount
+from pyshim.oom import OOMWatcher
 from pyshim.options import RuncOptions
 from pyshim.process import Container, ContainerConfig, Process, Status
 from pyshim.process.base import finish_operations

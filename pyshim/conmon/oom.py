@@ -13,6 +13,7 @@ import logging
 import os
 
 from pyshim import cgroups
+from pyshim.oom import OOMWatcher
 
 log = logging.getLogger("pyshim.conmon")
 
@@ -33,7 +34,7 @@ class OomMonitor:
     """
 
     def __init__(self, *, bundle: str | None, persist_dir: str | None,
-                 watcher: cgroups.OOMWatcher | None = None,
+                 watcher: OOMWatcher | None = None,
                  cgroup_root: str = cgroups.DEFAULT_ROOT) -> None:
         self.directories = [d for d in (persist_dir, bundle) if d]
         self.oom_killed = False
@@ -54,7 +55,7 @@ class OomMonitor:
     def watch_cgroup(self, cgroup: cgroups.Cgroup, *, key: str) -> bool:
         if self._watcher is None:
             # v2: conmon 2.1 reads the `oom` line of memory.events, not `oom_kill`.
-            self._watcher = cgroups.OOMWatcher(asyncio.get_running_loop(), v2_counter="oom")
+            self._watcher = OOMWatcher(asyncio.get_running_loop(), v2_counter="oom")
         self._key = key
         self._watcher.add(key, cgroup, self._on_oom)
         return key in self._watcher

@@ -35,6 +35,7 @@ from pyshim import cgroups, mount
 from pyshim.bundle import read_pid
 from pyshim.errors import EngineError, NotFound, RuntimeFailed
 from pyshim.io import ProcessIO, StdioConfig
+from pyshim.oom import OOMWatcher
 from pyshim.process.base import Process
 from pyshim.process.config import ContainerConfig, Listener, has_private_pid_namespace, read_spec
 from pyshim.process.exec import ExecProcess
@@ -66,7 +67,7 @@ class Container(ExitReporting, ExecManagement):
         reaper: Reaper,
         listener: Listener,
         files: ContainerFiles | None = None,
-        oom_watcher: cgroups.OOMWatcher | None = None,
+        oom_watcher: OOMWatcher | None = None,
         exit_drain_timeout: float = EXIT_DRAIN_TIMEOUT,
     ) -> None:
         self.id = container_id

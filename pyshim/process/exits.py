@@ -18,7 +18,7 @@ from pyshim.reaper import Exit
 from pyshim.runtime import OCIRuntimeError
 
 if TYPE_CHECKING:
-    from pyshim import cgroups
+    from pyshim.oom import OOMWatcher
     from pyshim.process.config import Listener
     from pyshim.process.exec import ExecProcess
     from pyshim.process.files import ContainerFiles
@@ -43,7 +43,7 @@ class ExitReporting:
     runtime: OCIRuntime
     files: ContainerFiles
     listener: Listener
-    oom_watcher: cgroups.OOMWatcher | None
+    oom_watcher: OOMWatcher | None
     oom_killed: bool
     private_pid_namespace: bool
     exit_drain_timeout: float

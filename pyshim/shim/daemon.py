@@ -20,8 +20,8 @@ import socket
 import uvloop
 
 from pyshim import logfmt
-from pyshim.cgroups import OOMWatcher
 from pyshim.events import Publisher
+from pyshim.oom import OOMWatcher
 from pyshim.ops import registry
 from pyshim.options import InvalidOptions, RuncOptions, decode
 from pyshim.protos.containerd.task.v2 import shim_pb2 as task_v2

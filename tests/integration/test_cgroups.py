@@ -25,10 +25,10 @@ from pyshim.cgroups import (
     CgroupGone,
     CgroupMode,
     CgroupNotFound,
-    OOMWatcher,
     cgroup_of_pid,
     host_mode,
 )
+from pyshim.oom import OOMWatcher
 from pyshim.protos.cgroups.v1 import metrics_pb2 as v1
 
 ROOT = Path("/sys/fs/cgroup")

@@ -15,7 +15,7 @@ from pathlib import Path
 import prctl
 import pytest
 
-from pyshim.cgroups import Cgroup, CgroupMode, OOMWatcher
+from pyshim.cgroups import Cgroup, CgroupMode
 from pyshim.conmon.attach import AttachServer
 from pyshim.conmon.exits import (
     ExitCommand,
@@ -28,6 +28,7 @@ from pyshim.conmon.exits import (
 from pyshim.conmon.logdrivers import open_log_drivers, parse_log_paths
 from pyshim.conmon.oom import OomMonitor
 from pyshim.io.fanout import Fanout, OutputPump
+from pyshim.oom import OOMWatcher
 from pyshim.reaper import Reaper
 from tests.integration.conmon_helpers import connect, eventually, receive_until_eof, records, run
 from tests.integration.test_cgroups import Sandbox, limit_memory, needs_v1_root

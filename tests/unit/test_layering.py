@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pyshim"
 # The engine: processes, runtime, reaper, IO, logs, host plumbing, bundle records, errors.
 ENGINE = (
     "pyshim.errors", "pyshim.process", "pyshim.runtime", "pyshim.reaper", "pyshim.io",
-    "pyshim.logs", "pyshim.mount", "pyshim.umount", "pyshim.cgroups", "pyshim.bundle",
-    "pyshim.jsonlite",
+    "pyshim.logs", "pyshim.mount", "pyshim.umount", "pyshim.cgroups", "pyshim.oom",
+    "pyshim.bundle", "pyshim.jsonlite",
 )
 # What it must never reach, named for the message (everything outside ENGINE is refused).
 FRONT_ENDS = ("pyshim.ttrpc", "pyshim.protos", "pyshim.shim", "pyshim.task_service",
