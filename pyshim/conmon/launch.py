@@ -189,16 +189,22 @@ Monitor = Callable[[Daemon], int]
 
 
 def launch(config: ConmonConfig, environ: Mapping[str, str], inherited: tuple[int, ...],
-           monitor: Monitor) -> int:
+           monitor: Monitor, handoff: Callable[[], int | None] | None = None) -> int:
     """Everything after validation, in conmon's order. Without `--sync`, the process the parent
     started returns 0 here (after writing `-P`) and the daemon runs `monitor`; with `--sync`
     this process is the monitor and returns its status. `inherited`: `open_fds()` taken before
-    validation opened anything."""
+    validation opened anything. `handoff`: asks a warm monitor-server to fork the daemon
+    instead (its PID, or None and we fork it ourselves)."""
     try:
         start = prepare(config, environ)
     except (LaunchError, ChannelError) as error:
         return _fail(error.line)
     if not config.options.sync:
+        handed = handoff() if handoff is not None else None
+        if handed is not None:
+            if start is not None:
+                os.close(start)  # the monitor has its own copy
+            return _first_process_exit(config, handed)
         pid = os.fork()
         if pid:
             return _first_process_exit(config, pid)

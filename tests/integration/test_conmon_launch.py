@@ -34,6 +34,8 @@ class Launch:
     messages: list[bytes]
     conmon_pidfile: bytes | None
     stderr: bytes
+    #: What /proc shows for the extra fd the parent passed (`socket:[inode]`), if any.
+    extra_fd: tuple[int, str] | None = None
 
 
 def failing_runtime(directory: Path) -> str:
@@ -45,14 +47,15 @@ def failing_runtime(directory: Path) -> str:
 
 
 def launch(command: list[str], words: list[str], directory: Path, *,
-           extra_fd: bool = False, attach: bool = False) -> Launch:
+           extra_fd: bool = False, attach: bool = False,
+           environ: dict[str, str] | None = None) -> Launch:
     """Start `command words` as podman does (SEQPACKET channels, own process group), write the
     start byte, wait for the started process, read the sync channel to EOF."""
     sync_parent, sync_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     start_parent, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     attach_parent, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # like podman's held ports
-    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(environ or {}),
                    "_OCI_SYNCPIPE": str(sync_child.fileno()),
                    "_OCI_STARTPIPE": str(start_child.fileno())}
     fds = [sync_child.fileno(), start_child.fileno()]
@@ -62,6 +65,7 @@ def launch(command: list[str], words: list[str], directory: Path, *,
     if extra_fd:
         fds.append(reserved.fileno())
     pidfile = directory / "conmon.pid"
+    extra = (reserved.fileno(), f"socket:[{os.fstat(reserved.fileno()).st_ino}]")
     try:
         process = subprocess.Popen(
             [*SUBREAPER, *command, *words, "-P", str(pidfile)], cwd=directory, env=environment,
@@ -79,7 +83,7 @@ def launch(command: list[str], words: list[str], directory: Path, *,
         for end in (sync_parent, start_parent, attach_parent, reserved):
             end.close()
     content = pidfile.read_bytes() if pidfile.exists() else None
-    return Launch(process.returncode, messages, content, stderr)
+    return Launch(process.returncode, messages, content, stderr, extra if extra_fd else None)
 
 
 def probe_words(directory: Path, *extra: str) -> list[str]:
