@@ -17,7 +17,8 @@ TYPE_CHECKING = False  # not typing's: importing typing would cost `--version` ~
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
 
-    from pyshim.conmon import args, launch
+    from pyshim.conmon import args
+    from pyshim.conmon.daemon import Daemon
 
     MutableEnviron = MutableMapping[str, str]
 
@@ -83,16 +84,17 @@ def _run(values: args.Values, argv: list[bytes]) -> int:
     return launch.launch(config, os.environ, inherited, run_monitor, hand_off)
 
 
-def run_monitor(daemon: launch.Daemon) -> int:
+def run_monitor(daemon: Daemon) -> int:
     """The monitor, in the daemon (forked here or by the monitor-server).
 
     Until it exists: tell the parent on the sync channel, as a failed create would."""
-    from pyshim.conmon import channels, launch
+    from pyshim.conmon import channels
+    from pyshim.conmon.daemon import write_message
 
     options = daemon.config.options
     key = channels.result_key(api_version=options.api_version, exec_mode=options.exec)
     text = b"pyshim-conmon: the monitor is not implemented yet (use conmon meanwhile)"
-    launch.write_message(daemon.channels.sync, channels.message(key, -1, text))
+    write_message(daemon.channels.sync, channels.message(key, -1, text))
     return 1
 
 

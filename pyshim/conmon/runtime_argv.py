@@ -36,10 +36,10 @@ def runtime_command(config: ConmonConfig, console_socket: str | None = None) -> 
     """
     options = config.options
     argv = [config.runtime]
-    if config.mode is not Mode.EXEC and options.systemd_cgroup:
+    if config.mode != Mode.EXEC and options.systemd_cgroup:
         argv.append("--systemd-cgroup")
     argv.extend(options.runtime_args)
-    if config.mode is Mode.EXEC:
+    if config.mode == Mode.EXEC:
         assert options.exec_process_spec is not None  # validation requires it
         argv += ["exec", "--pid-file", config.container_pidfile,
                  "--process", options.exec_process_spec, "--detach"]
@@ -49,17 +49,17 @@ def runtime_command(config: ConmonConfig, console_socket: str | None = None) -> 
             argv.append("--tty")
     else:
         assert config.bundle is not None  # create/restore default to the cwd
-        argv += [config.mode.value, "--bundle", config.bundle,
+        argv += [config.mode, "--bundle", config.bundle,
                  "--pid-file", config.container_pidfile]
         if options.no_pivot:
             argv.append("--no-pivot")
         if options.no_new_keyring:
             argv.append("--no-new-keyring")
-        if config.mode is Mode.RESTORE:
+        if config.mode == Mode.RESTORE:
             assert options.restore is not None
             argv += ["--detach", "--image-path", options.restore, "--work-path", config.bundle]
     argv.extend(options.runtime_opts)  # --runtime-opt and --restore-arg, interleaved in order
     if console_socket is not None:
         argv += ["--console-socket", console_socket]
     argv.append(config.cid)
-    return RuntimeCommand(argv=tuple(argv), subcommand=config.mode.value)
+    return RuntimeCommand(argv=tuple(argv), subcommand=config.mode)

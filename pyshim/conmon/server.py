@@ -4,7 +4,7 @@ back the PID of a monitor forked from here, instead of a cold interpreter per co
 
 The forked child becomes the launched process's double: the same fd table (same numbers and
 close-on-exec flags: `--preserve-fds` counts on fds 3..), environment, cwd, umask, cgroups,
-oom_score_adj and resource limits; then conmon's daemon start-up (`launch.become_daemon`: own
+oom_score_adj and resource limits; then conmon's daemon start-up (`daemon.become_daemon`: own
 session, subreaper) and the monitor. It depends on nothing of ours after the fork: it survives
 this server's death and the launcher's exit. Blocking accept loop, no event loop (a child
 forked from a running loop would share its epoll); the kernel reaps our children.
@@ -25,23 +25,29 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyshim import cgroups
-from pyshim.conmon import args, channels, cli, handoff, launch, validate
+from pyshim.conmon import args, channels, cli, handoff, validate
+from pyshim.conmon.daemon import Daemon, become_daemon
 from pyshim.conmon.options import ConmonOptions
 from pyshim.shim.forkserver import mark_mergeable, set_command_line
 
 log = logging.getLogger("pyshim.conmon.server")
 
-#: Modules a monitor imports lazily: each one imported after the fork is a private copy.
-PRELOAD = ("json", "prctl", "pyshim.conmon.runtime_argv", "tempfile")
+#: What a monitor on pyshim's engine imports: each one imported after the fork would be a
+#: private copy in every monitor (and its import time on the container's critical path).
+PRELOAD = ("json", "prctl", "tempfile", "pyshim.conmon.runtime_argv", "asyncio", "uvloop",
+           "pyshim.reaper", "pyshim.process", "pyshim.io.pipes", "pyshim.io.terminal",
+           "pyshim.logs", "pyshim.runtime")
 #: Namespaces the launcher must share with us: its paths, pids and cgroups must mean ours.
 SHARED_NAMESPACES = ("mnt", "pid", "user", "cgroup", "ipc", "uts", "net")
 #: Most fds one request may carry (podman's preserved fds and reserved ports included).
 MAX_FDS = 1024
 _RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
 _own_fds: list[int] = []
-_monitor: list[launch.Monitor] = [cli.run_monitor]
+_monitor: list[Callable[[Daemon], int]] = [cli.run_monitor]
 
 
 def main(argv: list[str]) -> int:
@@ -63,7 +69,10 @@ def main(argv: list[str]) -> int:
     _own_fds[:] = [lock, listener.fileno()]
     stamp = handoff.code_stamp()
     for module in PRELOAD:
-        __import__(module)
+        try:
+            __import__(module)
+        except ImportError as error:  # the engine's layout may move: a cold import then
+            log.warning("preload %s: %s", module, error)
     gc.collect()
     gc.freeze()  # what exists now stays shared with every monitor: no collection writes it
     mark_mergeable()
@@ -172,12 +181,17 @@ def _become_monitor(connection: socket.socket, stamp: str) -> int:
     table = [(int(fd), bool(cloexec)) for fd, cloexec in request["fds"]]
     if len(fds) != len(table):
         raise ValueError(f"{len(fds)} fds for a table of {len(table)}")
+    resources = _read_resources(peer)
     connection = _install_fds(fds, table, connection)
+    # The launcher may exit now (podman waits for it): all we need of it is here.
+    with contextlib.suppress(OSError):
+        connection.send(marshal.dumps({"pid": os.getpid()}))
+    connection.close()
     os.chdir(request["cwd"])
     os.umask(request["umask"])
     os.environ.clear()
     os.environ.update({str(key): str(value) for key, value in request["environ"].items()})
-    _share_resources(peer)
+    _apply_resources(resources)  # before any runtime is forked: it inherits our cgroups
     argv = [bytes(word) for word in request["argv"]]
     set_command_line(b" ".join([b"pyshim-conmon", *argv]).decode("utf-8", "replace"))
     config = validate.validate(
@@ -185,11 +199,8 @@ def _become_monitor(connection: socket.socket, stamp: str) -> int:
         _HandedHost(request.get("k8s_log_fd")), os.environ)
     start = channels.channel_fd(os.environ, channels.START_PIPE)
     kept_start = start if config.options.exec_attach and start is not None and start > 0 else None
-    with contextlib.suppress(OSError):
-        connection.send(marshal.dumps({"pid": os.getpid()}))
-    connection.close()
     inherited = tuple(int(fd) for fd in request["inherited"])
-    daemon = launch.become_daemon(config, os.environ, inherited, kept_start)
+    daemon = become_daemon(config, os.environ, inherited, kept_start)
     return _monitor[0](daemon)
 
 
@@ -221,10 +232,18 @@ def _install_fds(received: list[int], table: list[tuple[int, bool]],
     return connection
 
 
-def _share_resources(peer: int) -> None:
-    """The launcher's cgroups (its parent placed it there before the start byte; the runtime
-    and the container inherit ours), oom_score_adj and resource limits. Best effort, like
-    conmon's own attempts, but logged."""
+@dataclass(frozen=True, slots=True)
+class _Resources:
+    """What the monitor copies from the launcher: read while the launcher waits for our reply
+    (its /proc entry goes with it), applied after."""
+
+    cgroup_directories: tuple[str, ...]
+    oom_score_adj: str | None
+    limits: tuple[tuple[int, tuple[int, int]], ...]
+
+
+def _read_resources(peer: int) -> _Resources:
+    directories: list[str] = []
     try:
         group = cgroups.cgroup_of_pid(peer)
         directories = [group.path] if group.mode is cgroups.CgroupMode.V2 else list(
@@ -234,21 +253,40 @@ def _share_resources(peer: int) -> None:
         if group.mode is cgroups.CgroupMode.V1 and unified and os.path.isdir(
                 "/sys/fs/cgroup/unified"):
             directories.append(os.path.join("/sys/fs/cgroup/unified", unified[0].lstrip("/")))
-        for directory in dict.fromkeys(directories):
-            with open(os.path.join(directory, "cgroup.procs"), "w") as procs:
-                procs.write(str(os.getpid()))
     except (OSError, cgroups.CgroupNotFound) as error:
-        log.warning("could not join the cgroups of pid %d: %s", peer, error)
+        log.warning("could not read the cgroups of pid %d: %s", peer, error)
+    score = None
     try:
         with open(f"/proc/{peer}/oom_score_adj") as source:
             score = source.read().strip()
-        with open("/proc/self/oom_score_adj", "w") as target:
-            target.write(score)
     except OSError as error:
-        log.warning("could not copy oom_score_adj of pid %d: %s", peer, error)
+        log.warning("could not read oom_score_adj of pid %d: %s", peer, error)
+    limits = []
     for limit in _RLIMITS:
         with contextlib.suppress(OSError, ValueError):
-            resource.setrlimit(limit, resource.prlimit(peer, limit))
+            limits.append((limit, resource.prlimit(peer, limit)))
+    return _Resources(tuple(dict.fromkeys(directories)), score, tuple(limits))
+
+
+def _apply_resources(resources: _Resources) -> None:
+    """The launcher's cgroups (its parent placed it there before the start byte; the runtime
+    and the container inherit ours), oom_score_adj and resource limits: best effort, like
+    conmon's own attempts, but logged."""
+    for directory in resources.cgroup_directories:
+        try:
+            with open(os.path.join(directory, "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
+        except OSError as error:
+            log.warning("could not join cgroup %s: %s", directory, error)
+    if resources.oom_score_adj is not None:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as target:
+                target.write(resources.oom_score_adj)
+        except OSError as error:
+            log.warning("could not set oom_score_adj %s: %s", resources.oom_score_adj, error)
+    for limit, values in resources.limits:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(limit, values)
 
 
 class _HandedHost(validate.RealHost):

@@ -15,10 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyshim.conmon import args, launch, validate
+from pyshim.conmon.daemon import Daemon, write_message
 from pyshim.conmon.options import ConmonOptions
 
 
-def report(daemon: launch.Daemon) -> int:
+def report(daemon: Daemon) -> int:
     import prctl
 
     with open("/proc/self/oom_score_adj") as score:
@@ -42,7 +43,7 @@ def report(daemon: launch.Daemon) -> int:
         "environ": dict(os.environ),
     }
     sync = daemon.channels.sync
-    launch.write_message(sync, json.dumps(facts).encode() + b"\n")
+    write_message(sync, json.dumps(facts).encode() + b"\n")
     if os.environ.get("PROBE_LINGER") and sync is not None:
         os.read(sync, 1)  # until the parent closes its end: a monitor that outlives things
     return 0
