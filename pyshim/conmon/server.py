@@ -119,15 +119,19 @@ def _take_lock(path: str, wait: float = 3.0) -> int | None:
 
 
 def _listen(path: str) -> socket.socket:
+    """Listening before the name appears (bound under a temporary name, then renamed): a
+    launcher that finds the socket never gets ECONNREFUSED from a server still starting."""
+    temporary = f"{path}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # we hold the lock: whatever is there is a dead server's
+        os.unlink(temporary)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     old_mask = os.umask(0o177)
     try:
-        listener.bind(path)
+        listener.bind(temporary)
     finally:
         os.umask(old_mask)
     listener.listen(64)
+    os.rename(temporary, path)  # we hold the lock: whatever is there is a dead server's
     return listener
 
 
