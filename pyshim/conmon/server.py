@@ -66,6 +66,7 @@ def main(argv: list[str]) -> int:
     if lock is None:
         return 0  # another server listens there
     listener = _listen(path)
+    bound = os.stat(path).st_ino  # (a socket fd's fstat is sockfs', not the file's)
     _own_fds[:] = [lock, listener.fileno()]
     stamp = handoff.code_stamp()
     for module in PRELOAD:
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
         pass
     finally:
         with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(listener.fileno()).st_ino:
+            if os.stat(path).st_ino == bound:  # not a successor's
                 os.unlink(path)
         listener.close()
     log.info("exiting")

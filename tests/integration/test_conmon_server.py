@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from pyshim.conmon import handoff
 from tests.integration.test_conmon_launch import (
     PYSHIM_CONMON,
     REPO,
@@ -153,3 +154,14 @@ def test_no_server_means_conmons_own_fork(tmp_path: Path) -> None:
                     environ={"PYSHIM_CONMON_SERVER": "0"})
     assert result.status == 0
     assert len(result.messages) == 1 and result.conmon_pidfile is not None
+
+
+def test_a_server_running_other_code_exits(server: Server, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher whose code differs (an upgrade) is told so; the server exits, so that the
+    next launch starts one running the installed code; this launch forks its own monitor."""
+    monkeypatch.setattr(handoff, "code_stamp", lambda: "another-version")
+    assert handoff.request_monitor(server.socket_path, [b"-c", b"x"], {}, [], None) is None
+    assert server.supervisor.wait(timeout=30) == 0
+    assert not os.path.exists(server.socket_path)
+    assert "launcher runs other code" in (tmp_path / "server.log").read_text()
