@@ -27,6 +27,9 @@ SERVER_VARIABLE = "PYSHIM_CONMON_SERVER"
 REPLY_TIMEOUT = 5.0
 #: The request's size limit (environment and command line; fds travel beside it).
 MAX_REQUEST = 1 << 20
+#: The kernel's limit of fds in one SCM_RIGHTS message (SCM_MAX_FD): a launcher holding more
+#: (a huge --preserve-fds) forks its own monitor.
+MAX_FDS = 253
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -81,6 +84,8 @@ def request_monitor(path: str, argv: Sequence[bytes], environ: Mapping[str, str]
         return None
     try:
         table = open_fd_flags(skip=(connection.fileno(),))
+        if len(table) > MAX_FDS:
+            return None
         request = marshal.dumps({
             "stamp": code_stamp(),
             "argv": list(argv),

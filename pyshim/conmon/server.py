@@ -8,6 +8,15 @@ oom_score_adj and resource limits; then conmon's daemon start-up (`daemon.become
 session, subreaper) and the monitor. It depends on nothing of ours after the fork: it survives
 this server's death and the launcher's exit. Blocking accept loop, no event loop (a child
 forked from a running loop would share its epoll); the kernel reaps our children.
+
+What the launcher keeps paying: its interpreter start and the lean front-end imports (the
+command line is validated there, so errors reach the parent's stderr before the start byte);
+what it saves: the monitor's imports (asyncio, uvloop, the engine) and their private copies.
+Not handed over: `--sync` (CRI-O's ExecSync: the started process must be the monitor), peers of
+another uid or namespace, launchers holding more than 253 fds; they fork as conmon does. The
+launcher's LSM label is not copied (the server runs with the label of the launcher that started
+it); raising a resource limit above the server's needs CAP_SYS_RESOURCE, so a server started by
+one launcher gives later monitors at most its own limits.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ PRELOAD = ("json", "prctl", "tempfile", "pyshim.conmon.runtime_argv", "asyncio",
 #: Namespaces the launcher must share with us: its paths, pids and cgroups must mean ours.
 SHARED_NAMESPACES = ("mnt", "pid", "user", "cgroup", "ipc", "uts", "net")
 #: Most fds one request may carry (podman's preserved fds and reserved ports included).
-MAX_FDS = 1024
+MAX_FDS = handoff.MAX_FDS
 _RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
 _own_fds: list[int] = []
 _monitor: list[Callable[[Daemon], int]] = [cli.run_monitor]
