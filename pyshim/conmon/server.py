@@ -196,6 +196,7 @@ def _become_monitor(connection: socket.socket, stamp: str) -> int:
     if len(fds) != len(table):
         raise ValueError(f"{len(fds)} fds for a table of {len(table)}")
     resources = _read_resources(peer)
+    log.info("monitor %d for launcher %d", os.getpid(), peer)  # stderr is still our log
     connection = _install_fds(fds, table, connection)
     # The launcher may exit now (podman waits for it): all we need of it is here.
     with contextlib.suppress(OSError):
