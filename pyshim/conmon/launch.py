@@ -77,20 +77,45 @@ def wait_for_start(environ: Mapping[str, str], *, keep: bool) -> int | None:
     return None
 
 
+class PidfileError(Exception):
+    """Writing `-P` failed: `str()` is GLib's g_file_set_contents message, `errno` the cause."""
+
+    def __init__(self, message: str, errno_value: int) -> None:
+        super().__init__(message)
+        self.errno = errno_value
+
+
+_SUFFIX_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
 def write_pidfile(path: str, pid: int) -> None:
     """The daemon's PID as decimal text, no newline, complete before the name appears (the
-    parent reads it as soon as our first process has exited): `<path>.XXXXXX`, then rename."""
+    parent reads it as soon as our first process has exited): `<path>.XXXXXX`, then rename,
+    as g_file_set_contents does (and with its messages)."""
     while True:
-        temporary = f"{path}.{os.urandom(3).hex()}"
+        suffix = "".join(_SUFFIX_LETTERS[byte % 62] for byte in os.urandom(6))
+        temporary = f"{path}.{suffix}"
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             break
         except FileExistsError:
             continue
+        except OSError as error:
+            code = error.errno or errno.EIO
+            raise PidfileError(f"Failed to create file \u201c{temporary}\u201d: "
+                               f"{os.strerror(code)}", code) from None
     try:
-        os.write(fd, str(pid).encode())
-        os.close(fd)
-        os.rename(temporary, path)
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+        try:
+            os.rename(temporary, path)
+        except OSError as error:
+            code = error.errno or errno.EIO
+            raise PidfileError(f"Failed to rename file \u201c{temporary}\u201d to "
+                               f"\u201c{path}\u201d: g_rename() failed: {os.strerror(code)}",
+                               code) from None
     except BaseException:
         try:  # noqa: SIM105 (no contextlib: lean)
             os.unlink(temporary)
@@ -174,9 +199,10 @@ def _first_process_exit(config: ConmonConfig, daemon_pid: int) -> None:
     if path is not None:
         try:
             write_pidfile(path, daemon_pid)
-        except OSError as error:
-            os._exit(_fail(f"[conmon:e]: Failed to write conmon pidfile: {error.strerror}\n"
-                           .encode()))
+        except (PidfileError, OSError) as error:
+            code = error.errno or errno.EIO
+            os._exit(_fail(f"[conmon:e]: Failed to write conmon pidfile: {error} "
+                           f"{os.strerror(code)}\n".encode()))
     os._exit(0)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -161,3 +162,25 @@ def test_like_conmon_a_failed_create_is_one_negative_message(api: list[str],
         outcomes.append((message.key, message.value))
     key = "data" if api else "pid"
     assert outcomes[0] == outcomes[1] == (key, -1)
+
+
+@pytest.mark.skipif(CONMON is None, reason="conmon is not installed")
+def test_unwritable_conmon_pidfile_fails_like_conmon(tmp_path: Path) -> None:
+    assert CONMON is not None
+    outcomes = []
+    for name, command in (("conmon", [CONMON]), ("pyshim", PYSHIM_CONMON)):
+        directory = tmp_path / name
+        directory.mkdir()
+        words = ["-c", "cid", "-u", "cid", "-r", failing_runtime(directory), "-b",
+                 str(directory), "-l", "none", "--full-attach", "--api-version",
+                 "-P", "/nonexistent/conmon.pid"]
+        process = subprocess.run([*SUBREAPER, *command, *words], cwd=directory, timeout=30,
+                                 stdin=subprocess.DEVNULL, capture_output=True,
+                                 env={"PATH": "/usr/bin:/bin"})
+        # GLib's temporary name ends in six random letters and digits.
+        stderr = re.sub(rb"conmon\.pid\.[A-Za-z0-9]{6}", b"conmon.pid.XXXXXX", process.stderr)
+        outcomes.append((process.returncode, stderr))
+    assert outcomes[0] == outcomes[1] == (1, (
+        "[conmon:e]: Failed to write conmon pidfile: Failed to create file "
+        "\u201c/nonexistent/conmon.pid.XXXXXX\u201d: No such file or directory No such file or "
+        "directory\n").encode())
