@@ -15,7 +15,7 @@ import pytest
 from pyshim.conmon.args import parse
 from pyshim.conmon.channels import failure_message, result_key
 from pyshim.conmon.options import ConmonOptions
-from pyshim.conmon.runtime_argv import runtime_command
+from pyshim.conmon.runtime_argv import ListenPidError, runtime_command, runtime_listen_pid
 from pyshim.conmon.validate import RealHost, validate
 
 CONMON = shutil.which("conmon")
@@ -134,3 +134,57 @@ def test_no_stderr_no_message(tmp_path: Path) -> None:
              "-l", "none", "--full-attach"]
     assert run_conmon(words, tmp_path) == []
     assert failure_message("data", b"") is None
+
+
+def listen_pid_runtime(directory: Path) -> Path:
+    """Records `<LISTEN_PID> <its own pid>` and fails quietly."""
+    runtime = directory / "runtime"
+    runtime.write_text(f"#!/bin/sh\necho \"${{LISTEN_PID-unset}} $$\" > {directory}/seen\n"
+                       "exit 1\n")
+    runtime.chmod(0o755)
+    return runtime
+
+
+@pytest.mark.parametrize(("value", "replace"), [
+    ("self", False), ("self", True), ("77", False), ("77", True), ("12abc", True),
+    ("abc", False), ("0", False), ("", True), ("99999999999999999999999", False),
+])
+def test_listen_pid_is_conmons(value: str, replace: bool, tmp_path: Path) -> None:
+    """conmon --sync is the monitor; `self` is its own PID (it is exec'd from a shell that
+    wrote its $$ first). What its runtime child saw, or its failure message, against
+    runtime_listen_pid's answer."""
+    assert CONMON is not None
+    runtime = listen_pid_runtime(tmp_path)
+    words = ["--api-version", "-c", "cid", "-u", "cid", "-r", str(runtime), "-b", str(tmp_path),
+             "-l", "none", "--full-attach", "--sync"]
+    if replace:
+        words.append("--replace-listen-pid")
+    setting = "LISTEN_PID=$$" if value == "self" else f"LISTEN_PID='{value}'"
+    script = f'echo $$ > {tmp_path}/monitor; {setting} exec "$0" "$@"'
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        process = subprocess.run(
+            ["sh", "-c", script, CONMON, *words], cwd=tmp_path, timeout=30,
+            env={"PATH": "/usr/bin:/bin", "_OCI_SYNCPIPE": str(child_end.fileno())},
+            pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, capture_output=True)
+        child_end.close()
+        parent_end.settimeout(30)
+        messages = []
+        while message := parent_end.recv(65536):
+            messages.append(message)
+    finally:
+        child_end.close()
+        parent_end.close()
+    monitor_pid = int((tmp_path / "monitor").read_text())
+    environ = {"LISTEN_PID": str(monitor_pid) if value == "self" else value}
+    seen = tmp_path / "seen"
+    if not seen.exists():  # the child refused to exec the runtime
+        with pytest.raises(ListenPidError) as caught:
+            runtime_listen_pid(environ, monitor_pid=monitor_pid, runtime_pid=1, replace=replace)
+        assert messages == [failure_message("data", caught.value.line)]
+        return
+    listen_pid, runtime_pid = seen.read_text().split()
+    expected = runtime_listen_pid(environ, monitor_pid=monitor_pid,
+                                  runtime_pid=int(runtime_pid), replace=replace)
+    assert listen_pid == (environ["LISTEN_PID"] if expected is None else expected)
+    assert messages == [] and process.returncode == 1
