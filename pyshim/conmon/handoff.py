@@ -25,6 +25,8 @@ DEFAULT_SOCKET = "/run/pyshim/conmon/monitor.sock"
 SERVER_VARIABLE = "PYSHIM_CONMON_SERVER"
 #: How long the launched process waits for the monitor's "I am here".
 REPLY_TIMEOUT = 5.0
+#: The launcher's last word: it has the monitor's PID and exits; the monitor may start.
+GO = b"go"
 #: The request's size limit (environment and command line; fds travel beside it).
 MAX_REQUEST = 1 << 20
 #: The kernel's limit of fds in one SCM_RIGHTS message (SCM_MAX_FD): a launcher holding more
@@ -101,12 +103,17 @@ def request_monitor(path: str, argv: Sequence[bytes], environ: Mapping[str, str]
         fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd, _ in table)
         connection.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         reply = marshal.loads(connection.recv(65536) or marshal.dumps({}))
+        pid = reply.get("pid") if isinstance(reply, dict) else None
+        if not isinstance(pid, int):
+            return None
+        # Only now may it run the runtime: had we given up waiting and forked our own, it
+        # would see EOF here instead and leave, and one container would not get two monitors.
+        connection.send(GO)
     except (OSError, ValueError, EOFError, TypeError):
         return None
     finally:
         connection.close()
-    pid = reply.get("pid") if isinstance(reply, dict) else None
-    return pid if isinstance(pid, int) else None
+    return pid
 
 
 def _umask() -> int:

@@ -198,10 +198,17 @@ def _become_monitor(connection: socket.socket, stamp: str) -> int:
     resources = _read_resources(peer)
     log.info("monitor %d for launcher %d", os.getpid(), peer)  # stderr is still our log
     connection = _install_fds(fds, table, connection)
-    # The launcher may exit now (podman waits for it): all we need of it is here.
-    with contextlib.suppress(OSError):
+    # The launcher may exit now (podman waits for it): all we need of it is here. Its "go"
+    # says it did not give up on us meanwhile (it would have forked a monitor of its own).
+    try:
         connection.send(marshal.dumps({"pid": os.getpid()}))
+        go = connection.recv(len(handoff.GO))
+    except OSError:
+        go = b""
     connection.close()
+    if go != handoff.GO:
+        log.warning("launcher %d gave up on monitor %d: leaving", peer, os.getpid())
+        return 0
     os.chdir(request["cwd"])
     os.umask(request["umask"])
     os.environ.clear()
@@ -233,8 +240,10 @@ def _install_fds(received: list[int], table: list[tuple[int, bool]],
     close-on-exec flag; everything else of ours closed but the connection (moved above)."""
     above = max([fd for fd, _ in table] + received + [connection.fileno()]) + 1
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in received]
+    timeout = connection.gettimeout()
     connection = socket.socket(fileno=fcntl.fcntl(connection.detach(), fcntl.F_DUPFD_CLOEXEC,
                                                   above))
+    connection.settimeout(timeout)  # the fd is O_NONBLOCK (a timeout socket's): say so again
     keep = {*moved, connection.fileno()}
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
