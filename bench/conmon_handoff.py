@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+import prctl
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = str(REPO / "bin" / "pyshim-conmon")
 SITE = next(str(path) for path in (REPO / ".venv" / "lib").glob("python3*/site-packages"))
@@ -94,7 +96,39 @@ def start_server(path: str) -> subprocess.Popen[bytes]:
     return server
 
 
+def reap_orphans(server: subprocess.Popen[bytes], wait: float = 0.0) -> None:
+    """Cold launches leave their daemons to the nearest subreaper, us: reap the ones that have
+    exited (all of them, waiting up to `wait` seconds); never the server."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == server.pid:
+            raise RuntimeError("the monitor-server exited")
+        if pid == 0:
+            if time.monotonic() >= deadline or _only_child_left(server.pid):
+                return
+            time.sleep(0.01)
+
+
+def _only_child_left(server_pid: int) -> bool:
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != server_pid:
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1].decode() == me:
+                return False
+    return True
+
+
 def figures(runs: int) -> dict[str, float]:
+    prctl.set_child_subreaper(1)
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="conmon-handoff-") as temporary:
         directory = Path(temporary)
@@ -116,7 +150,9 @@ def figures(runs: int) -> dict[str, float]:
                 for name, value in (("cold: exit", cold[0]), ("cold: sync", cold[1]),
                                     ("handoff: exit", warm[0]), ("handoff: sync", warm[1])):
                     samples.setdefault(name, []).append(value)
+                reap_orphans(server)
         finally:
+            reap_orphans(server, wait=30)
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
     result = {name: statistics.median(values) for name, values in samples.items()}

@@ -97,6 +97,9 @@ def request_monitor(path: str, argv: Sequence[bytes], environ: Mapping[str, str]
             "fds": table,
             "inherited": list(inherited),
             "k8s_log_fd": k8s_log_fd,
+            # Ours, read here: we may be gone (podman reaped) when the monitor applies them.
+            "proc": {name: _read(f"/proc/self/{name}")
+                     for name in ("cgroup", "oom_score_adj", "limits")},
         })
         if len(request) > MAX_REQUEST:
             return None
@@ -114,6 +117,14 @@ def request_monitor(path: str, argv: Sequence[bytes], environ: Mapping[str, str]
     finally:
         connection.close()
     return pid
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError:
+        return ""
 
 
 def _umask() -> int:

@@ -54,7 +54,6 @@ PRELOAD = ("json", "prctl", "tempfile", "pyshim.conmon.runtime_argv", "asyncio",
 SHARED_NAMESPACES = ("mnt", "pid", "user", "cgroup", "ipc", "uts", "net")
 #: Most fds one request may carry (podman's preserved fds and reserved ports included).
 MAX_FDS = handoff.MAX_FDS
-_RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
 _own_fds: list[int] = []
 _monitor: list[Callable[[Daemon], int]] = [cli.run_monitor]
 
@@ -195,20 +194,21 @@ def _become_monitor(connection: socket.socket, stamp: str) -> int:
     table = [(int(fd), bool(cloexec)) for fd, cloexec in request["fds"]]
     if len(fds) != len(table):
         raise ValueError(f"{len(fds)} fds for a table of {len(table)}")
-    resources = _read_resources(peer)
-    log.info("monitor %d for launcher %d", os.getpid(), peer)  # stderr is still our log
-    connection = _install_fds(fds, table, connection)
-    # The launcher may exit now (podman waits for it): all we need of it is here. Its "go"
-    # says it did not give up on us meanwhile (it would have forked a monitor of its own).
+    # The launcher may exit now (podman waits for it): all we need of it is here, its /proc
+    # facts included. Its "go" says it did not give up on us meanwhile (it would have forked
+    # a monitor of its own).
     try:
         connection.send(marshal.dumps({"pid": os.getpid()}))
         go = connection.recv(len(handoff.GO))
     except OSError:
         go = b""
-    connection.close()
     if go != handoff.GO:
         log.warning("launcher %d gave up on monitor %d: leaving", peer, os.getpid())
         return 0
+    log.info("monitor %d for launcher %d", os.getpid(), peer)  # stderr is still our log
+    connection = _install_fds(fds, table, connection)
+    connection.close()
+    resources = _resources(request["proc"])
     os.chdir(request["cwd"])
     os.umask(request["umask"])
     os.environ.clear()
@@ -258,38 +258,58 @@ def _install_fds(received: list[int], table: list[tuple[int, bool]],
 
 @dataclass(frozen=True, slots=True)
 class _Resources:
-    """What the monitor copies from the launcher: read while the launcher waits for our reply
-    (its /proc entry goes with it), applied after."""
+    """What the monitor copies from the launcher (which sent its own /proc texts: it may be
+    gone by the time we apply them)."""
 
     cgroup_directories: tuple[str, ...]
     oom_score_adj: str | None
     limits: tuple[tuple[int, tuple[int, int]], ...]
 
 
-def _read_resources(peer: int) -> _Resources:
+def _resources(proc: dict[str, str]) -> _Resources:
     directories: list[str] = []
+    text = proc.get("cgroup", "")
     try:
-        group = cgroups.cgroup_of_pid(peer)
-        directories = [group.path] if group.mode is cgroups.CgroupMode.V2 else list(
+        mode = cgroups.host_mode()
+        mounts = None
+        if mode is cgroups.CgroupMode.V1:
+            with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+                mounts = cgroups.parse_mountinfo_v1(mountinfo.read())
+        group = cgroups.parse_proc_cgroup(text, mode, mounts=mounts)
+        directories = [group.path] if mode is cgroups.CgroupMode.V2 else list(
             group.paths.values())
-        with open(f"/proc/{peer}/cgroup") as text:
-            unified = [line[3:].strip() for line in text if line.startswith("0::")]
-        if group.mode is cgroups.CgroupMode.V1 and unified and os.path.isdir(
+        unified = [line[3:].strip() for line in text.splitlines() if line.startswith("0::")]
+        if mode is cgroups.CgroupMode.V1 and unified and os.path.isdir(
                 "/sys/fs/cgroup/unified"):
             directories.append(os.path.join("/sys/fs/cgroup/unified", unified[0].lstrip("/")))
     except (OSError, cgroups.CgroupNotFound) as error:
-        log.warning("could not read the cgroups of pid %d: %s", peer, error)
-    score = None
-    try:
-        with open(f"/proc/{peer}/oom_score_adj") as source:
-            score = source.read().strip()
-    except OSError as error:
-        log.warning("could not read oom_score_adj of pid %d: %s", peer, error)
+        log.warning("could not place the launcher's cgroups: %s", error)
+    score = proc.get("oom_score_adj", "").strip() or None
+    return _Resources(tuple(dict.fromkeys(directories)), score,
+                      parse_limits(proc.get("limits", "")))
+
+
+#: /proc/<pid>/limits' names, in Linux's RLIMIT_* order (0 = CPU … 15 = RTTIME; Python's
+#: resource module lacks RLIMIT_LOCKS, 10).
+_LIMIT_NAMES = ("Max cpu time", "Max file size", "Max data size", "Max stack size",
+                "Max core file size", "Max resident set", "Max processes", "Max open files",
+                "Max locked memory", "Max address space", "Max file locks",
+                "Max pending signals", "Max msgqueue size", "Max nice priority",
+                "Max realtime priority", "Max realtime timeout")
+
+
+def parse_limits(text: str) -> tuple[tuple[int, tuple[int, int]], ...]:
+    """(resource, (soft, hard)) from the text of /proc/<pid>/limits (fixed columns: name 26,
+    soft and hard 21 each; `unlimited` is RLIM_INFINITY)."""
     limits = []
-    for limit in _RLIMITS:
-        with contextlib.suppress(OSError, ValueError):
-            limits.append((limit, resource.prlimit(peer, limit)))
-    return _Resources(tuple(dict.fromkeys(directories)), score, tuple(limits))
+    for line in text.splitlines()[1:]:
+        name = line[:26].strip()
+        if name not in _LIMIT_NAMES:
+            continue
+        soft, hard = (resource.RLIM_INFINITY if value == "unlimited" else int(value)
+                      for value in (line[26:47].strip(), line[47:68].strip()))
+        limits.append((_LIMIT_NAMES.index(name), (soft, hard)))
+    return tuple(limits)
 
 
 def _apply_resources(resources: _Resources) -> None:
