@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -88,9 +89,25 @@ def server(tmp_path: Path) -> Iterator[Server]:
             if "pid" in locals():
                 os.kill(pid, signal.SIGTERM)
         supervisor.wait(timeout=30)  # exits once the server and every orphan are gone
+        stop_successor(Path(socket_path.removesuffix(".sock") + ".lock"))
         log.close()
         if cgroup is not None:
             remove_cgroup(cgroup)
+
+
+def stop_successor(lock: Path) -> None:
+    """A launcher that could not hand over starts a server of its own at the same path (it
+    takes over once ours is gone): if one holds the lock now, stop it by the PID it wrote."""
+    with contextlib.suppress(FileNotFoundError), open(lock, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return  # nobody holds it
+        except BlockingIOError:
+            pass
+        pid = int(lock.read_text())
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: process_state(pid) in (None, "Z"), f"server {pid} to stop")
+        raise AssertionError(f"a launcher fell back and started server {pid}")
 
 
 def remove_cgroup(cgroup: Path) -> None:
