@@ -43,13 +43,18 @@ def server_path(environ: Mapping[str, str]) -> str | None:
 
 
 def code_stamp() -> str:
-    """Identifies the installed conmon front end and the modules it forks with: a server
-    running other code than the launcher's exits, and the next launcher starts a fresh one."""
+    """Identifies the installed code (every module of the package: the monitor runs the
+    engine's too): a server running other code than the launcher's exits, and the next
+    launcher starts a fresh one. ~0.3 ms."""
     entries = []
-    for directory in (os.path.join(PACKAGE_DIR, "conmon"), PACKAGE_DIR):
-        with os.scandir(directory) as scan:
+    pending = [PACKAGE_DIR]
+    while pending:
+        with os.scandir(pending.pop()) as scan:
             for entry in scan:
-                if entry.name.endswith(".py"):
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        pending.append(entry.path)
+                elif entry.name.endswith((".py", ".so")):
                     info = entry.stat()
                     entries.append(f"{entry.path}:{info.st_mtime_ns}:{info.st_size}")
     entries.sort()
