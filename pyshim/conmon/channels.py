@@ -10,10 +10,13 @@ that 0x1f is escaped (2.1.6 leaves it raw: invalid JSON) and a message is cut to
 from __future__ import annotations
 
 import errno
-import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+
+from pyshim.conmon.frozen import Frozen
+
+TYPE_CHECKING = False  # lean: every launched process imports this module
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 START_PIPE = "_OCI_STARTPIPE"
 SYNC_PIPE = "_OCI_SYNCPIPE"
@@ -163,18 +166,23 @@ def exit_message(key: str, status: int, *, timed_out: bool = False) -> bytes:
 ATTACH_READY = message("data", 0)
 
 
-@dataclass(frozen=True, slots=True)
-class SyncMessage:
+class SyncMessage(Frozen):
     """One message as podman or CRI-O decodes it."""
 
+    __slots__ = ("key", "text", "value")
     key: str
     value: int
-    text: str | None = None
+    text: str | None
+
+    def __init__(self, key: str, value: int, text: str | None = None) -> None:
+        self._set(key=key, value=value, text=text)
 
 
 def decode(data: bytes) -> list[SyncMessage]:
     """Split a channel's bytes into messages and decode each as a JSON object with one integer
     field and an optional `message` (what the parents do; used by tests and test parents)."""
+    import json
+
     messages = []
     for line in data.split(b"\n"):
         if not line:

@@ -17,7 +17,8 @@ TYPE_CHECKING = False  # not typing's: importing typing would cost `--version` ~
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
 
-    from pyshim.conmon import args, launch
+    from pyshim.conmon import args
+    from pyshim.conmon.daemon import Daemon
 
     MutableEnviron = MutableMapping[str, str]
 
@@ -52,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if values.get("cid") is None:
         return _write(2, b"conmon: Container ID not provided. Use --cid\n", 1)
-    return _run(values)
+    return _run(values, raw)
 
 
-def _run(values: args.Values) -> int:
+def _run(values: args.Values, argv: list[bytes]) -> int:
     import os
 
     from pyshim.conmon import launch, validate
@@ -68,17 +69,32 @@ def _run(values: args.Values) -> int:
                                    os.environ)
     except validate.ValidationError as error:
         return _write(2, error.line, 1)
-    return launch.launch(config, os.environ, inherited, _monitor_not_built)
+
+    def hand_off() -> int | None:
+        from pyshim.conmon import handoff
+
+        path = handoff.server_path(os.environ)
+        if path is None:
+            return None
+        pid = handoff.request_monitor(path, argv, os.environ, inherited, config.k8s_log_fd)
+        if pid is None:
+            handoff.launch_server(path)  # for the next launch; this one forks its own
+        return pid
+
+    return launch.launch(config, os.environ, inherited, run_monitor, hand_off)
 
 
-def _monitor_not_built(daemon: launch.Daemon) -> int:
-    """Until the monitor exists: tell the parent on the sync channel, as a failed create would."""
-    from pyshim.conmon import channels, launch
+def run_monitor(daemon: Daemon) -> int:
+    """The monitor, in the daemon (forked here or by the monitor-server).
+
+    Until it exists: tell the parent on the sync channel, as a failed create would."""
+    from pyshim.conmon import channels
+    from pyshim.conmon.daemon import write_message
 
     options = daemon.config.options
     key = channels.result_key(api_version=options.api_version, exec_mode=options.exec)
     text = b"pyshim-conmon: the monitor is not implemented yet (use conmon meanwhile)"
-    launch.write_message(daemon.channels.sync, channels.message(key, -1, text))
+    write_message(daemon.channels.sync, channels.message(key, -1, text))
     return 1
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import Enum
-from typing import Protocol
 
+from pyshim.conmon.frozen import Frozen
 from pyshim.conmon.options import ConmonOptions
+
+TYPE_CHECKING = False  # lean: every launched process imports this module
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Protocol
+else:
+    Protocol = object
 
 
 class ValidationError(Exception):
@@ -43,14 +47,16 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-class Mode(Enum):
+class Mode:
+    """What the runtime is asked to do (also its sub-command's name)."""
+
     CREATE = "create"
     RESTORE = "restore"
     EXEC = "exec"
 
 
-class LogLevel(Enum):
-    """The monitor's own diagnostics level (`--log-level`, default warn)."""
+class LogLevel:
+    """The monitor's own diagnostics level (`--log-level`, default warn): higher says more."""
 
     ERROR = 0
     WARN = 1
@@ -64,49 +70,69 @@ _LOG_LEVELS = {"error": LogLevel.ERROR, "fatal": LogLevel.ERROR, "panic": LogLev
                "debug": LogLevel.DEBUG, "trace": LogLevel.TRACE}
 
 
-@dataclass(frozen=True, slots=True)
-class LogDrivers:
+class LogDrivers(Frozen):
     """Which log drivers the `-l` values select (all of them receive all output)."""
 
-    k8s_file: str | None = None  # only one k8s-file: the last one named
-    journald: bool = False
-    passthrough: bool = False
+    __slots__ = ("journald", "k8s_file", "passthrough")
+    k8s_file: str | None  # only one k8s-file: the last one named
+    journald: bool
+    passthrough: bool
+
+    def __init__(self, k8s_file: str | None = None, journald: bool = False,
+                 passthrough: bool = False) -> None:
+        self._set(k8s_file=k8s_file, journald=journald, passthrough=passthrough)
 
 
-@dataclass(frozen=True, slots=True)
-class ConmonConfig:
+class ConmonConfig(Frozen):
     """A command line conmon accepts, with its defaults resolved."""
 
+    __slots__ = ("bundle", "cid", "container_pidfile", "cwd", "k8s_log_fd", "log_drivers",
+                 "log_level", "mode", "options", "runtime", "seccomp_notify_plugins")
     options: ConmonOptions
-    mode: Mode
+    mode: str  # a Mode
     cid: str
     runtime: str
     #: Create/restore: `-b` or the cwd. Exec: `-b` or None (legacy exec: no attach socket).
     bundle: str | None
     container_pidfile: str
     cwd: str
-    log_level: LogLevel
+    log_level: int  # a LogLevel
     log_drivers: LogDrivers
     #: `--seccomp-notify-plugins`, else CONMON_SECCOMP_NOTIFY_PLUGINS.
     seccomp_notify_plugins: str | None
     #: The k8s-file, opened (O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, 0600) as conmon's check does.
-    k8s_log_fd: int | None = None
+    k8s_log_fd: int | None
+
+    def __init__(self, *, options: ConmonOptions, mode: str, cid: str, runtime: str,
+                 bundle: str | None, container_pidfile: str, cwd: str, log_level: int,
+                 log_drivers: LogDrivers, seccomp_notify_plugins: str | None,
+                 k8s_log_fd: int | None = None) -> None:
+        self._set(options=options, mode=mode, cid=cid, runtime=runtime, bundle=bundle,
+                  container_pidfile=container_pidfile, cwd=cwd, log_level=log_level,
+                  log_drivers=log_drivers, seccomp_notify_plugins=seccomp_notify_plugins,
+                  k8s_log_fd=k8s_log_fd)
 
     @property
     def legacy_exec(self) -> bool:
-        return self.mode is Mode.EXEC and not self.options.api_version
+        return self.mode == Mode.EXEC and not self.options.api_version
 
 
 class Host(Protocol):
+    """The host facts validation needs (RealHost; tests answer them)."""
+
     def access_executable(self, path: str) -> int:
         """0 if `path` passes access(X_OK), else the errno."""
+        raise NotImplementedError
 
-    def getcwd(self) -> str | None: ...
+    def getcwd(self) -> str | None:
+        raise NotImplementedError
 
-    def isatty(self, fd: int) -> bool: ...
+    def isatty(self, fd: int) -> bool:
+        raise NotImplementedError
 
     def open_k8s_log(self, path: str) -> int:
         """The opened log file's fd; raises OSError."""
+        raise NotImplementedError
 
 
 class RealHost:

@@ -15,10 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyshim.conmon import args, launch, validate
+from pyshim.conmon.daemon import Daemon, write_message
 from pyshim.conmon.options import ConmonOptions
 
 
-def report(daemon: launch.Daemon) -> int:
+def report(daemon: Daemon) -> int:
     import prctl
 
     with open("/proc/self/oom_score_adj") as score:
@@ -35,8 +36,16 @@ def report(daemon: launch.Daemon) -> int:
                          and not os.get_inheritable(daemon.channels.sync)),
         "start": daemon.channels.start,
         "attach": daemon.channels.attach,
+        "ppid": os.getppid(),
+        "links": {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in daemon.inherited_fds},
+        "cgroup": Path("/proc/self/cgroup").read_text(),
+        "cwd": os.getcwd(),
+        "environ": dict(os.environ),
     }
-    launch.write_message(daemon.channels.sync, json.dumps(facts).encode() + b"\n")
+    sync = daemon.channels.sync
+    write_message(sync, json.dumps(facts).encode() + b"\n")
+    if os.environ.get("PROBE_LINGER") and sync is not None:
+        os.read(sync, 1)  # until the parent closes its end: a monitor that outlives things
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -34,6 +35,8 @@ class Launch:
     messages: list[bytes]
     conmon_pidfile: bytes | None
     stderr: bytes
+    #: What /proc shows for the extra fd the parent passed (`socket:[inode]`), if any.
+    extra_fd: tuple[int, str] | None = None
 
 
 def failing_runtime(directory: Path) -> str:
@@ -45,14 +48,15 @@ def failing_runtime(directory: Path) -> str:
 
 
 def launch(command: list[str], words: list[str], directory: Path, *,
-           extra_fd: bool = False, attach: bool = False) -> Launch:
+           extra_fd: bool = False, attach: bool = False,
+           environ: dict[str, str] | None = None) -> Launch:
     """Start `command words` as podman does (SEQPACKET channels, own process group), write the
     start byte, wait for the started process, read the sync channel to EOF."""
     sync_parent, sync_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     start_parent, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     attach_parent, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # like podman's held ports
-    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(environ or {}),
                    "_OCI_SYNCPIPE": str(sync_child.fileno()),
                    "_OCI_STARTPIPE": str(start_child.fileno())}
     fds = [sync_child.fileno(), start_child.fileno()]
@@ -62,6 +66,7 @@ def launch(command: list[str], words: list[str], directory: Path, *,
     if extra_fd:
         fds.append(reserved.fileno())
     pidfile = directory / "conmon.pid"
+    extra = (reserved.fileno(), f"socket:[{os.fstat(reserved.fileno()).st_ino}]")
     try:
         process = subprocess.Popen(
             [*SUBREAPER, *command, *words, "-P", str(pidfile)], cwd=directory, env=environment,
@@ -79,7 +84,7 @@ def launch(command: list[str], words: list[str], directory: Path, *,
         for end in (sync_parent, start_parent, attach_parent, reserved):
             end.close()
     content = pidfile.read_bytes() if pidfile.exists() else None
-    return Launch(process.returncode, messages, content, stderr)
+    return Launch(process.returncode, messages, content, stderr, extra if extra_fd else None)
 
 
 def probe_words(directory: Path, *extra: str) -> list[str]:
@@ -157,3 +162,25 @@ def test_like_conmon_a_failed_create_is_one_negative_message(api: list[str],
         outcomes.append((message.key, message.value))
     key = "data" if api else "pid"
     assert outcomes[0] == outcomes[1] == (key, -1)
+
+
+@pytest.mark.skipif(CONMON is None, reason="conmon is not installed")
+def test_unwritable_conmon_pidfile_fails_like_conmon(tmp_path: Path) -> None:
+    assert CONMON is not None
+    outcomes = []
+    for name, command in (("conmon", [CONMON]), ("pyshim", PYSHIM_CONMON)):
+        directory = tmp_path / name
+        directory.mkdir()
+        words = ["-c", "cid", "-u", "cid", "-r", failing_runtime(directory), "-b",
+                 str(directory), "-l", "none", "--full-attach", "--api-version",
+                 "-P", "/nonexistent/conmon.pid"]
+        process = subprocess.run([*SUBREAPER, *command, *words], cwd=directory, timeout=30,
+                                 stdin=subprocess.DEVNULL, capture_output=True,
+                                 env={"PATH": "/usr/bin:/bin"})
+        # GLib's temporary name ends in six random letters and digits.
+        stderr = re.sub(rb"conmon\.pid\.[A-Za-z0-9]{6}", b"conmon.pid.XXXXXX", process.stderr)
+        outcomes.append((process.returncode, stderr))
+    assert outcomes[0] == outcomes[1] == (1, (
+        "[conmon:e]: Failed to write conmon pidfile: Failed to create file "
+        "\u201c/nonexistent/conmon.pid.XXXXXX\u201d: No such file or directory No such file or "
+        "directory\n").encode())

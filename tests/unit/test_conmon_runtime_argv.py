@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from pyshim.conmon.args import parse
 from pyshim.conmon.options import ConmonOptions
-from pyshim.conmon.runtime_argv import runtime_command
+from pyshim.conmon.runtime_argv import ListenPidError, runtime_command, runtime_listen_pid
 from pyshim.conmon.validate import ConmonConfig, validate
 
 RT = "/rt"
@@ -79,3 +81,33 @@ def test_legacy_exec_defaults_the_pidfile_to_the_cwd() -> None:
     assert argv("-c", "cid1", "-r", RT, "-l", "none", "-e", "--exec-process-spec",
                 "/x.json") == (
         "/rt exec --pid-file /cwd/pidfile-cid1 --process /x.json --detach cid1")
+
+
+@pytest.mark.parametrize(("value", "replace", "result"), [
+    (None, True, None),  # no socket activation: nothing to do
+    ("77", False, None),  # someone else's: left alone
+    ("77", True, "500"),  # --replace-listen-pid
+    ("42", False, "500"),  # names the monitor
+    (" +42", False, "500"),
+    ("42abc", False, "500"),  # strtol stops at the first non-digit
+    ("4294967338", False, "500"),  # cut to a C int: 42
+])
+def test_listen_pid(value: str | None, replace: bool, result: str | None) -> None:
+    environ = {} if value is None else {"LISTEN_PID": value}
+    assert runtime_listen_pid(environ, monitor_pid=42, runtime_pid=500,
+                              replace=replace) == result
+
+
+@pytest.mark.parametrize(("value", "line"), [
+    ("", b"[conmon:e]: Invalid LISTEN_PID  Success\n"),
+    ("abc", b"[conmon:e]: Invalid LISTEN_PID abc Success\n"),
+    ("0", b"[conmon:e]: Invalid LISTEN_PID 0 Success\n"),
+    ("-5", b"[conmon:e]: Invalid LISTEN_PID -5 Success\n"),
+    ("99999999999999999999999", b"[conmon:e]: Invalid LISTEN_PID 9999999999 Numerical result "
+                                b"out of range\n"),
+])
+def test_invalid_listen_pid(value: str, line: bytes) -> None:
+    with pytest.raises(ListenPidError) as caught:
+        runtime_listen_pid({"LISTEN_PID": value}, monitor_pid=42, runtime_pid=500,
+                           replace=False)
+    assert caught.value.line == line

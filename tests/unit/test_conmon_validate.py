@@ -158,21 +158,21 @@ def test_passthrough_refuses_a_tty() -> None:
 
 def test_create_defaults() -> None:
     config = check(*VALID)
-    assert config.mode is Mode.CREATE and config.bundle == "/work"
+    assert config.mode == Mode.CREATE and config.bundle == "/work"
     assert config.container_pidfile == "/work/pidfile-cid"
-    assert config.log_level is LogLevel.WARN and config.k8s_log_fd is None
+    assert config.log_level == LogLevel.WARN and config.k8s_log_fd is None
 
 
 def test_exec_has_no_default_bundle() -> None:
     config = check("-c", "cid", "-r", RUNC, "-e", "--exec-process-spec", "/p.json", "-l", "none")
-    assert config.mode is Mode.EXEC and config.bundle is None and config.legacy_exec
+    assert config.mode == Mode.EXEC and config.bundle is None and config.legacy_exec
     assert config.container_pidfile == "/work/pidfile-cid"
 
 
 def test_restore_and_levels() -> None:
     config = check(*VALID, "--restore", "/ck", "--log-level", "TRACE")
-    assert config.mode is Mode.RESTORE and config.log_level is LogLevel.TRACE
-    assert check(*VALID, "--log-level", "Panic").log_level is LogLevel.ERROR
+    assert config.mode == Mode.RESTORE and config.log_level == LogLevel.TRACE
+    assert check(*VALID, "--log-level", "Panic").log_level == LogLevel.ERROR
 
 
 def test_seccomp_plugins_default_from_environment() -> None:
