@@ -17,7 +17,7 @@ TYPE_CHECKING = False  # not typing's: importing typing would cost `--version` ~
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
 
-    from pyshim.conmon import args, launch
+    from pyshim.conmon import args
 
     MutableEnviron = MutableMapping[str, str]
 
@@ -68,18 +68,9 @@ def _run(values: args.Values) -> int:
                                    os.environ)
     except validate.ValidationError as error:
         return _write(2, error.line, 1)
-    return launch.launch(config, os.environ, inherited, _monitor_not_built)
+    from pyshim.conmon.monitor import run_monitor
 
-
-def _monitor_not_built(daemon: launch.Daemon) -> int:
-    """Until the monitor exists: tell the parent on the sync channel, as a failed create would."""
-    from pyshim.conmon import channels, launch
-
-    options = daemon.config.options
-    key = channels.result_key(api_version=options.api_version, exec_mode=options.exec)
-    text = b"pyshim-conmon: the monitor is not implemented yet (use conmon meanwhile)"
-    launch.write_message(daemon.channels.sync, channels.message(key, -1, text))
-    return 1
+    return launch.launch(config, os.environ, inherited, run_monitor)
 
 
 def restore_caller_environment(environ: MutableEnviron) -> None:
