@@ -17,7 +17,7 @@ TYPE_CHECKING = False  # not typing's: importing typing would cost `--version` ~
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
 
-    from pyshim.conmon import args
+    from pyshim.conmon import args, launch
 
     MutableEnviron = MutableMapping[str, str]
 
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if values.get("cid") is None:
         return _write(2, b"conmon: Container ID not provided. Use --cid\n", 1)
-    return _run(values)
+    return _run(values, raw)
 
 
-def _run(values: args.Values) -> int:
+def _run(values: args.Values, raw_argv: list[bytes]) -> int:
     import os
 
     from pyshim.conmon import launch, validate
@@ -68,9 +68,26 @@ def _run(values: args.Values) -> int:
                                    os.environ)
     except validate.ValidationError as error:
         return _write(2, error.line, 1)
-    from pyshim.conmon.monitor import run_monitor
+    hand_over = None
+    if server_enabled(os.environ) and not config.options.sync:
+        def hand_over(start: int | None) -> int | None:
+            from pyshim.conmon import server_client
 
-    return launch.launch(config, os.environ, inherited, run_monitor)
+            return server_client.hand_over(raw_argv, (0, 1, 2, *inherited), start)
+
+    return launch.launch(config, os.environ, inherited, _monitor, hand_over)
+
+
+def _monitor(daemon: launch.Daemon) -> int:
+    from pyshim.conmon.monitor import run_monitor  # in the daemon: the launch stays lean
+
+    return run_monitor(daemon)
+
+
+def server_enabled(environ: MutableEnviron) -> bool:
+    """The warm monitor-server is used unless PYSHIM_CONMON_SERVER says 0/false/no/off."""
+    value = environ.get("PYSHIM_CONMON_SERVER", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def restore_caller_environment(environ: MutableEnviron) -> None:

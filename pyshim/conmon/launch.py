@@ -186,19 +186,25 @@ def _set_child_subreaper() -> None:
 
 #: The monitor proper: runs in the daemon, returns its exit status.
 Monitor = Callable[[Daemon], int]
+#: Given the kept start fd: the PID of a daemon started elsewhere, or None.
+HandOver = Callable[[int | None], int | None]
 
 
 def launch(config: ConmonConfig, environ: Mapping[str, str], inherited: tuple[int, ...],
-           monitor: Monitor) -> int:
+           monitor: Monitor, hand_over: HandOver | None = None) -> int:
     """Everything after validation, in conmon's order. Without `--sync`, the process the parent
     started returns 0 here (after writing `-P`) and the daemon runs `monitor`; with `--sync`
     this process is the monitor and returns its status. `inherited`: `open_fds()` taken before
-    validation opened anything."""
+    validation opened anything. `hand_over(start)`: the PID of a daemon started elsewhere (the
+    warm monitor-server) instead of our fork, or None to fork after all."""
     try:
         start = prepare(config, environ)
     except (LaunchError, ChannelError) as error:
         return _fail(error.line)
     if not config.options.sync:
+        handed = hand_over(start) if hand_over is not None else None
+        if handed is not None:
+            return _first_process_exit(config, handed)
         pid = os.fork()
         if pid:
             return _first_process_exit(config, pid)
