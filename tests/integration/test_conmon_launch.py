@@ -52,7 +52,9 @@ def launch(command: list[str], words: list[str], directory: Path, *,
     start_parent, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     attach_parent, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # like podman's held ports
-    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    # PYSHIM_CONMON_SERVER=0: the launch as conmon's, forking its own daemon (a warm server
+    # started here would stay below SUBREAPER, which holds the sync channel until it is gone).
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYSHIM_CONMON_SERVER": "0",
                    "_OCI_SYNCPIPE": str(sync_child.fileno()),
                    "_OCI_STARTPIPE": str(start_child.fileno())}
     fds = [sync_child.fileno(), start_child.fileno()]
