@@ -363,5 +363,5 @@ async def _main(daemon: Daemon) -> int:
 def _set_up_logging() -> None:
     path = os.environ.get(DEBUG_LOG_VARIABLE)
     if path:
-        logging.basicConfig(filename=path, level=logging.DEBUG,
+        logging.basicConfig(filename=path, level=logging.DEBUG, force=True,
                             format=f"%(asctime)s {os.getpid()} %(name)s %(levelname)s %(message)s")

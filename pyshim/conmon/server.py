@@ -53,6 +53,8 @@ PRELOAD = (
     "termios",
     "tempfile",
     "_locale",
+    "encodings.ascii",
+    "resource",
 )
 _MAX_REQUEST = 1 << 20
 _MAX_FDS = 253
@@ -187,6 +189,9 @@ def _serve_request(connection: socket.socket, stamp: str) -> int:
         if len(numbers) != len(received):
             raise ValueError(f"{len(received)} fds for {len(numbers)} numbers")
         connection = _place_fds(connection, received, numbers)
+        # fd 2 is the launched process's stderr now (podman's): the server's log is not ours.
+        logging.root.handlers.clear()
+        logging.root.addHandler(logging.NullHandler())
         _take_context(request)
         config, inherited = _validate(request, numbers)
     except Exception as error:
