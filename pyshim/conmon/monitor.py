@@ -16,14 +16,16 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator
+from typing import NoReturn
 
 from pyshim import errors
 from pyshim.conmon import channels
 from pyshim.conmon.attach import AttachError, AttachServer
 from pyshim.conmon.ctl import ControlFifos, WindowSizer
 from pyshim.conmon.exits import ExitCommand, ExitFileError, ExitSteps, conclude
-from pyshim.conmon.launch import Daemon, adjust_oom_score, exit_now, write_message
+from pyshim.conmon.launch import Daemon, adjust_oom_score, write_message
 from pyshim.conmon.logdrivers import LogConfig, LogDriverError, LogDrivers, open_log_drivers
 from pyshim.conmon.monitor_io import MonitorIO
 from pyshim.conmon.oom import OomMonitor
@@ -143,7 +145,7 @@ class Monitor:
                 log_size_max=options.log_size_max, log_global_size_max=options.log_global_size_max,
                 no_sync_log=options.no_sync_log)
         except LogDriverError as error:
-            raise self._fail(str(error).encode()) from error
+            raise self._setup_failed(str(error)) from error
         finally:
             if config.k8s_log_fd is not None:  # validation's check; the sink has its own fd
                 with contextlib.suppress(OSError):
@@ -159,17 +161,23 @@ class Monitor:
                     stdin=self.stdin,
                     close_stdin_on_detach=options.stdin and not options.leave_stdin_open)
             except AttachError as error:
-                raise self._fail(str(error).encode()) from error
+                raise self._setup_failed(str(error)) from error
             self.attach.start()
             sinks.append(self.attach)
             try:
                 self.fifos = ControlFifos(config.bundle, on_resize=self.sizer.resize,
                                           on_reopen=self.drivers.reopen)
             except OSError as error:
-                raise self._fail(f"[conmon:e]: Failed to create ctl fifo: {error}".encode()) \
+                raise self._setup_failed(f"[conmon:e]: Failed to create ctl fifo: {error}") \
                     from error
             self.fifos.start()
         return Fanout(sinks)
+
+    def _setup_failed(self, text: str) -> MonitorFailed:
+        """conmon's pexit() after the fork: exit 1, nothing on the sync channel (the parent
+        sees EOF), the line in the monitor's log."""
+        log.error("%s", text)
+        return MonitorFailed()
 
     def _fail(self, text: bytes | None) -> MonitorFailed:
         """Tell the parent (nothing if there is no text: it then sees EOF)."""
@@ -181,7 +189,7 @@ class Monitor:
     def _engine_failure(self, error: errors.EngineError) -> MonitorFailed:
         if isinstance(error, errors.RuntimeFailed) and error.stderr is not None:
             return self._fail(channels.runtime_failure_text(error.stderr))
-        return self._fail(str(error).encode())
+        return self._setup_failed(str(error))  # e.g. no pid file: conmon's pexit, no message
 
     def _container(self) -> Container:
         bundle = self.config.bundle or self.config.cwd
@@ -334,7 +342,7 @@ def _runtime_oom_score() -> Iterator[None]:
         adjust_oom_score("-1000")
 
 
-def run_monitor(daemon: Daemon) -> int:
+def run_monitor(daemon: Daemon) -> NoReturn:
     """launch's Monitor: run the loop, then leave without interpreter clean-up."""
     _set_up_logging()
     try:
@@ -344,8 +352,9 @@ def run_monitor(daemon: Daemon) -> int:
     except Exception:
         log.exception("the monitor failed")
         status = 1
-    exit_now(status)
-    return status  # not reached
+    # Never interpreter clean-up: this may be a fork of the warm server.
+    sys.stdout.flush()
+    os._exit(status)
 
 
 async def _main(daemon: Daemon) -> int:
@@ -357,7 +366,12 @@ async def _main(daemon: Daemon) -> int:
     except MonitorFailed:
         return 1
     finally:
-        await monitor.close()
+        try:
+            await monitor.close()
+        except Exception:
+            log.exception("closing the monitor")
+        # Before the loop closes: a late SIGCHLD must not reach a closed loop.
+        reaper.uninstall()
 
 
 def _set_up_logging() -> None:
