@@ -202,7 +202,7 @@ class Monitor:
     async def run(self) -> int:
         fanout = self._open_sinks()
         self.io = MonitorIO(fanout, stdin=self.stdin, terminal=self.options.terminal,
-                            sizer=self.sizer)
+                            sizer=self.sizer, passthrough=self.daemon.passthrough)
         self._forward_signals()
         container = self._container()
         if self.config.mode is Mode.EXEC:

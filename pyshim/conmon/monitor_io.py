@@ -30,8 +30,11 @@ class MonitorIO(ProcessIO):
     """conmon's pipes or console for one process, pumped into `fanout`."""
 
     def __init__(self, fanout: Fanout, *, stdin: StdinWriter | None, terminal: bool,
-                 sizer: WindowSizer) -> None:
+                 sizer: WindowSizer, passthrough: bool = False) -> None:
         self.fanout = fanout
+        #: `-l passthrough` (spec §8.4): the runtime and the container get our own 0-2 (the
+        #: caller's); no pipes, nothing to pump.
+        self.passthrough = passthrough
         self.stdin = stdin
         self.terminal = terminal
         self.sizer = sizer
@@ -40,6 +43,8 @@ class MonitorIO(ProcessIO):
         self._ours: dict[str, int] = {}
         self._theirs: dict[str, int] = {}
         self._console: ConsoleSocket | None = None
+        if passthrough:
+            return
         try:
             if terminal:
                 self._console = ConsoleSocket()
@@ -56,6 +61,8 @@ class MonitorIO(ProcessIO):
             raise
 
     def runtime_stdio(self) -> Stdio:
+        if self.passthrough:
+            return Stdio(0, 1, 2)
         return Stdio(self._theirs.get("stdin"), self._theirs.get("stdout"),
                      self._theirs.get("stderr"))
 
@@ -67,6 +74,8 @@ class MonitorIO(ProcessIO):
         for fd in self._theirs.values():
             os.close(fd)
         self._theirs.clear()
+        if self.passthrough:
+            return
         if self._console is not None:
             try:
                 master = await self._console.receive_master(CONSOLE_TIMEOUT)

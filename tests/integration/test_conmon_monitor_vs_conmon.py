@@ -44,15 +44,17 @@ class Outcome:
     messages: list[SyncMessage]
     files: dict[str, str]
     log: dict[str, bytes]
+    #: What reached the monitor's own stdout (passthrough logging).
+    stdout: bytes = b""
 
     def comparable(self) -> tuple[list[tuple[str, int | str, str | None]], dict[str, str],
-                                  dict[str, bytes]]:
+                                  dict[str, bytes], bytes]:
         """Everything but the monitor's own exit status: conmon 2.1.6 with --sync exits 255
         now and then although its exit file and messages say otherwise (a race of its
         SIGCHLD handling); ours is checked against the expected value instead."""
         messages = [(m.key, "pid" if m.value > 0 and m.text is None and i == 0 else m.value,
                      m.text) for i, m in enumerate(self.messages)]
-        return messages, self.files, self.log
+        return messages, self.files, self.log, self.stdout
 
 
 def run_monitor(program: str, root: Path, words: list[str], payload: str,
@@ -66,15 +68,16 @@ def run_monitor(program: str, root: Path, words: list[str], payload: str,
     runtime.write_text(RUNTIME)
     runtime.chmod(0o755)
     (root / "process.json").write_text(json.dumps({"args": ["/bin/sh"], "terminal": False}))
-    argv = [program, "-c", CID, "-r", str(runtime), "-p", str(root / "pidfile"),
-            "-l", f"k8s-file:{root / 'ctr.log'}", "--exit-dir", str(root / "exits"),
-            "--sync", *[word.replace("ROOT", str(root)) for word in words]]
+    logging = [] if "-l" in words else ["-l", f"k8s-file:{root / 'ctr.log'}"]
+    argv = [program, "-c", CID, "-r", str(runtime), "-p", str(root / "pidfile"), *logging,
+            "--exit-dir", str(root / "exits"), "--sync",
+            *[word.replace("ROOT", str(root)) for word in words]]
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PAYLOAD": payload,
            "_OCI_SYNCPIPE": str(child.fileno()), **({"RUNTIME_FAIL": "1"} if fail else {})}
     try:
         process = subprocess.Popen(argv, cwd=root, env=env, pass_fds=[child.fileno()],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL, process_group=0)
         child.close()
         parent.settimeout(60)
@@ -82,6 +85,9 @@ def run_monitor(program: str, root: Path, words: list[str], payload: str,
         while chunk := parent.recv(65536):
             data += chunk
         status = process.wait(60)
+        assert process.stdout is not None
+        stdout = process.stdout.read()
+        process.stdout.close()
     finally:
         parent.close()
         child.close()
@@ -90,7 +96,7 @@ def run_monitor(program: str, root: Path, words: list[str], payload: str,
     if (root / "ctr.log").exists():
         for _, stream, tag, content in records(root / "ctr.log"):
             log[stream] += content + (b"\n" if tag == "F" else b"")
-    return Outcome(status, decode(data), files, log)
+    return Outcome(status, decode(data), files, log, stdout)
 
 
 def both(tmp: Path, words: list[str], payload: str, fail: bool = False) -> Outcome:
@@ -141,3 +147,9 @@ def test_an_attach_socket_that_cannot_be_made_fails_without_a_message(short_tmp:
     outcome = both(short_tmp, ["--api-version", "1", "-u", CID, "-b", "ROOT/bundle",
                                "--socket-dir-path", "ROOT/missing"], "exit 0")
     assert outcome.messages == [] and outcome.status == 1 and outcome.files == {}
+
+
+def test_passthrough_logging_gives_the_container_our_stdio(short_tmp: Path) -> None:
+    outcome = both(short_tmp, [*CREATE, "-l", "passthrough"], "echo through; exit 4")
+    assert outcome.stdout == b"through\n" and outcome.files == {CID: "4"}
+    assert outcome.status == 4
