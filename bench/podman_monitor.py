@@ -5,7 +5,8 @@ container with N containers running (mean over the N monitors, from /proc/PID/sm
 Uses the private podman of the e2e tests (tests/e2e/podman.py: private storage, the deployed
 containers.conf with conmon_path set, commands below a child subreaper).
 
-Usage: python -m bench.podman_monitor [--runs N] [--containers N]
+Usage: python -m bench.podman_monitor [--runs N] [--containers N] [--no-server]
+(--no-server: every pyshim monitor forked by its own launch, PYSHIM_CONMON_SERVER=0)
 """
 
 from __future__ import annotations
@@ -17,9 +18,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.e2e.podman import MONITOR_PATHS, PrivatePodman
+from tests.e2e.podman import MONITOR_PATHS, PrivatePodman, TomlValue
 
 MONITORS = ("conmon", "pyshim")
+
+
+class ColdPodman(PrivatePodman):
+    """podman whose monitors get PYSHIM_CONMON_SERVER=0: no warm monitor-server."""
+
+    def containers_conf(self) -> dict[str, dict[str, TomlValue]]:
+        tables = super().containers_conf()
+        variables = tables["engine"]["conmon_env_vars"]
+        assert isinstance(variables, list)
+        tables["engine"]["conmon_env_vars"] = [*variables, "PYSHIM_CONMON_SERVER=0"]
+        return tables
 
 
 def timed_ms(podman: PrivatePodman, *args: str) -> float:
@@ -40,9 +52,10 @@ def monitor_pid(podman: PrivatePodman, container: str) -> int:
     return int(podman.inspect(container)["State"]["ConmonPid"])
 
 
-def measure(runs: int, containers: int) -> dict[str, dict[str, float]]:
-    podmen = {name: PrivatePodman(Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp")),
-                                  MONITOR_PATHS[name]) for name in MONITORS}
+def measure(runs: int, containers: int, server: bool = True) -> dict[str, dict[str, float]]:
+    kind = PrivatePodman if server else ColdPodman
+    podmen = {name: kind(Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp")), MONITOR_PATHS[name])
+              for name in MONITORS}
     try:
         for podman in podmen.values():
             podman.start()
@@ -74,8 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--containers", type=int, default=20)
+    parser.add_argument("--no-server", action="store_true")
     options = parser.parse_args()
-    figures = measure(options.runs, options.containers)
+    figures = measure(options.runs, options.containers, server=not options.no_server)
     ratios = {key: figures["pyshim"][key] / figures["conmon"][key]
               for key in ("run_ms", "exec_ms", "monitor_pss_mib")}
     print(json.dumps({**figures, "pyshim/conmon": ratios}, indent=2))
