@@ -189,6 +189,10 @@ class Monitor:
     def _engine_failure(self, error: errors.EngineError) -> MonitorFailed:
         if isinstance(error, errors.RuntimeFailed) and error.stderr is not None:
             return self._fail(channels.runtime_failure_text(error.stderr))
+        if isinstance(error, errors.InvalidInput):
+            # Refused before the runtime ran (a bundle without config.json): where conmon's
+            # runtime would have failed and said why, the parent gets our reason.
+            return self._fail(str(error).encode())
         return self._setup_failed(str(error))  # e.g. no pid file: conmon's pexit, no message
 
     def _container(self) -> Container:
