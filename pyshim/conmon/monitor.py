@@ -352,11 +352,15 @@ def run_monitor(daemon: Daemon) -> NoReturn:
     try:
         import uvloop
 
-        status = uvloop.run(_main(daemon))
+        # Not uvloop.run(): its teardown cancels and awaits every task left and joins the
+        # executor, unbounded; the monitor's work is done when _main returns, and the process
+        # ends right after (no interpreter clean-up either: this may be a fork of the server).
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        status = loop.run_until_complete(_main(daemon))
     except Exception:
         log.exception("the monitor failed")
         status = 1
-    # Never interpreter clean-up: this may be a fork of the warm server.
     sys.stdout.flush()
     os._exit(status)
 
