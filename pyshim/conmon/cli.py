@@ -85,17 +85,10 @@ def _run(values: args.Values, argv: list[bytes]) -> int:
 
 
 def run_monitor(daemon: Daemon) -> int:
-    """The monitor, in the daemon (forked here or by the monitor-server).
+    """The monitor, in the daemon (forked here or by the monitor-server)."""
+    from pyshim.conmon.monitor import run_monitor as monitor
 
-    Until it exists: tell the parent on the sync channel, as a failed create would."""
-    from pyshim.conmon import channels
-    from pyshim.conmon.daemon import write_message
-
-    options = daemon.config.options
-    key = channels.result_key(api_version=options.api_version, exec_mode=options.exec)
-    text = b"pyshim-conmon: the monitor is not implemented yet (use conmon meanwhile)"
-    write_message(daemon.channels.sync, channels.message(key, -1, text))
-    return 1
+    return monitor(daemon)
 
 
 def restore_caller_environment(environ: MutableEnviron) -> None:

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 #: Where a root server would listen by default (directory 0700, socket 0600).
 DEFAULT_SOCKET = "/run/pyshim/conmon/monitor.sock"
-#: The server's socket path, `1`/`on` for DEFAULT_SOCKET; unset, empty or 0/off: no server (fork
-#: as conmon does). Off by default until the monitor itself is complete (issue 12).
+#: The server's socket path, or `1`/`on` (the default, also when unset) for DEFAULT_SOCKET;
+#: empty or 0/off: no server, every launch forks its own monitor as conmon does. podman passes
+#: it only through containers.conf's `conmon_env_vars`.
 SERVER_VARIABLE = "PYSHIM_CONMON_SERVER"
 #: How long the launched process waits for the monitor's "I am here".
 REPLY_TIMEOUT = 5.0
@@ -36,7 +37,7 @@ PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def server_path(environ: Mapping[str, str]) -> str | None:
-    value = environ.get(SERVER_VARIABLE, "").strip()
+    value = environ.get(SERVER_VARIABLE, "1").strip()
     if value.lower() in ("0", "off", "no", "false", ""):
         return None
     return DEFAULT_SOCKET if value.lower() in ("1", "on", "yes", "true") else value

@@ -71,8 +71,9 @@ def toml_text(tables: dict[str, dict[str, TomlValue]]) -> str:
 
 
 def monitors_under_test() -> list[str]:
-    """Names from :data:`MONITORS_VARIABLE` (default: the real conmon only)."""
-    words = os.environ.get(MONITORS_VARIABLE, "conmon").replace(",", " ").split()
+    """Names from :data:`MONITORS_VARIABLE` (default: both, the real conmon and pyshim's, in
+    the same run: the scenarios assert they behave alike)."""
+    words = os.environ.get(MONITORS_VARIABLE, "conmon,pyshim").replace(",", " ").split()
     unknown = [word for word in words if word not in MONITOR_PATHS]
     if unknown:
         raise ValueError(f"{MONITORS_VARIABLE}: unknown monitor(s) {unknown}; "

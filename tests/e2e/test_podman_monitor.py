@@ -2,9 +2,8 @@
 
 Every scenario runs once per monitor in :data:`MONITORS` and asserts what podman shows with the
 real conmon (observed on Debian 12: podman 4.3.1, conmon 2.1.6, runc 1.1.5), so a monitor that
-passes behaves alike. ``MONITORS`` is the real conmon only until ``pyshim-conmon`` does more
-than ``--version``; ``PYSHIM_TEST_MONITORS=conmon,pyshim`` (or ``pyshim``) adds pyshim's
-(``bin/pyshim-conmon`` of this checkout).
+passes behaves alike. ``MONITORS`` is both, the real conmon and pyshim's (``bin/pyshim-conmon``
+of this checkout), in the same run; ``PYSHIM_TEST_MONITORS=conmon`` (or ``pyshim``) narrows it.
 Where pyshim is specified to differ on purpose (a conmon 2.1.6 bug, spec §11.3) the expectation
 says so next to the monitor's name.
 

@@ -118,7 +118,9 @@ def run(program: str, words: list[str], directory: Path, environ: dict[str, str]
         *, start_channel: bool = True) -> Outcome:
     words = [word.replace("{dir}", str(directory)) for word in words]
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **environ}
+    # No warm monitor-server: one started here would outlive the test (conmon ignores it).
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYSHIM_CONMON_SERVER": "0",
+                   **environ}
     pass_fds: tuple[int, ...] = ()
     if start_channel and "_OCI_STARTPIPE" not in environ:
         environment["_OCI_STARTPIPE"] = str(child_end.fileno())

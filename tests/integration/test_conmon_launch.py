@@ -56,7 +56,10 @@ def launch(command: list[str], words: list[str], directory: Path, *,
     start_parent, start_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     attach_parent, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # like podman's held ports
-    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(environ or {}),
+    # No warm server unless a test asks for one: a server started here would stay below
+    # SUBREAPER, which holds the sync channel until every descendant is gone.
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYSHIM_CONMON_SERVER": "0",
+                   **(environ or {}),
                    "_OCI_SYNCPIPE": str(sync_child.fileno()),
                    "_OCI_STARTPIPE": str(start_child.fileno())}
     fds = [sync_child.fileno(), start_child.fileno()]
@@ -176,7 +179,7 @@ def test_unwritable_conmon_pidfile_fails_like_conmon(tmp_path: Path) -> None:
                  "-P", "/nonexistent/conmon.pid"]
         process = subprocess.run([*SUBREAPER, *command, *words], cwd=directory, timeout=30,
                                  stdin=subprocess.DEVNULL, capture_output=True,
-                                 env={"PATH": "/usr/bin:/bin"})
+                                 env={"PATH": "/usr/bin:/bin", "PYSHIM_CONMON_SERVER": "0"})
         # GLib's temporary name ends in six random letters and digits.
         stderr = re.sub(rb"conmon\.pid\.[A-Za-z0-9]{6}", b"conmon.pid.XXXXXX", process.stderr)
         outcomes.append((process.returncode, stderr))
