@@ -9,9 +9,11 @@ files and the logged output per stream; the monitor's exit status against the ex
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,12 @@ from tests.integration.conmon_helpers import records
 
 CONMON = shutil.which("conmon")
 PYSHIM_CONMON = str(Path(__file__).resolve().parents[2] / "bin" / "pyshim-conmon")
+#: What the README tells CRI-O users to configure (deploy/crio/10-pyshim.conf): its
+#: monitor_env is the environment both monitors run with here.
+CRIO_HANDLER = tomllib.loads(
+    (Path(__file__).resolve().parents[2] / "deploy" / "crio" / "10-pyshim.conf").read_text()
+)["crio"]["runtime"]["runtimes"]["runc"]
+MONITOR_ENV = dict(item.split("=", 1) for item in CRIO_HANDLER["monitor_env"])
 CID = "c0ffee00c0ffee00c0ffee00"
 CREATE = ["--api-version", "1", "-u", CID, "-b", "ROOT/bundle", "--full-attach"]
 # create/exec: start the payload detached and write its pid, as runc does; delete/kill: accept.
@@ -35,6 +43,17 @@ case $command in create|exec) ;; *) exit 0;; esac
 setsid /bin/sh -c "$PAYLOAD" </dev/null &
 printf %s $! > "$pidfile"
 """
+
+def test_the_crio_handler_names_the_installed_monitor_and_runc() -> None:
+    """The deploy file points CRI-O at the command scripts/setup links (its default link
+    directory) and at Debian's runc."""
+    assert CRIO_HANDLER["monitor_path"] == "/usr/local/bin/pyshim-conmon"
+    assert CRIO_HANDLER["runtime_type"] == "oci"
+    assert os.path.realpath(CRIO_HANDLER["runtime_path"]) == os.path.realpath(
+        shutil.which("runc") or "")
+    assert "PYSHIM_LINK_DIR-/usr/local/bin" in (
+        Path(__file__).resolve().parents[2] / "scripts" / "setup").read_text()
+
 
 pytestmark = pytest.mark.skipif(CONMON is None, reason="needs conmon (scripts/setup installs it)")
 
@@ -76,7 +95,7 @@ def run_monitor(program: str, root: Path, words: list[str], payload: str,
             "--exit-dir", str(root / "exits"), "--sync",
             *[word.replace("ROOT", str(root)) for word in words]]
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PAYLOAD": payload,
+    env = {**MONITOR_ENV, "PAYLOAD": payload,
            "_OCI_SYNCPIPE": str(child.fileno()), **({"RUNTIME_FAIL": "1"} if fail else {})}
     try:
         process = subprocess.Popen(argv, cwd=root, env=env, pass_fds=[child.fileno()],

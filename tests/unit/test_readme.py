@@ -1,8 +1,8 @@
 """The README's configuration snippets are the files the tests use, word for word.
 
 A block preceded by `<!-- snippet: PATH -->` must appear verbatim (as consecutive lines) in the
-repository file PATH, so the README cannot drift from what `tests/e2e/test_cri.py` and
-`tests/e2e/podman.py` use.
+repository file PATH, so the README cannot drift from what `tests/e2e/test_cri.py`,
+`tests/e2e/podman.py` and `tests/integration/test_conmon_monitor_vs_conmon.py` use.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def test_readme_has_the_deploy_snippets() -> None:
     assert paths == {"deploy/containerd/pyshim-runtime.toml",
                      "deploy/containerd/quickstart.sh",
                      "deploy/kubernetes/runtimeclass.yaml",
-                     "deploy/podman/containers.conf"}
+                     "deploy/podman/containers.conf",
+                     "deploy/crio/10-pyshim.conf"}
 
 
 def test_the_quickstart_snippet_is_every_command_of_its_file() -> None:
