@@ -40,8 +40,9 @@ while [ $# -gt 0 ]; do
   case "$1" in --pid-file) pidfile=$2; shift;; create|exec) command=$1;; esac; shift
 done
 case $command in create|exec) ;; *) exit 0;; esac
-setsid /bin/sh -c "$PAYLOAD" </dev/null &
-printf %s $! > "$pidfile"
+# In a subshell that exits at once: the payload is never a child of this shell (which could
+# reap it if it exited fast), only of the monitor, as runc leaves a container's process.
+( setsid /bin/sh -c "$PAYLOAD" </dev/null & printf %s $! > "$pidfile" )
 """
 
 def test_the_crio_handler_names_the_installed_monitor_and_runc() -> None:
