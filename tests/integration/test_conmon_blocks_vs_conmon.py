@@ -30,8 +30,9 @@ RUNTIME = f"""#!/bin/sh
 while [ $# -gt 0 ]; do
   case "$1" in --pid-file) pidfile=$2; shift;; esac; shift
 done
-/bin/sh -c '{PAYLOAD}' &
-printf %s $! > "$pidfile"
+# From a subshell that exits at once, so this shell can never reap a payload that exits
+# fast: it is the monitor's to reap, as a container started by runc is.
+( /bin/sh -c '{PAYLOAD}' & printf %s $! > "$pidfile" )
 """
 EXIT_COMMAND = """#!/bin/sh
 { printf '%s|' "$@"; cat "$PERSIST/exit"; } > "$OUT"
