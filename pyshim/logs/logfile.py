@@ -32,8 +32,6 @@ class CriLogFile:
         self.size = 0
         #: Bytes this writer has written, for max_total.
         self.total = 0
-        #: Records not written because of max_total.
-        self.dropped = 0
         # A failed write may have left half a record; the next write starts a fresh line.
         self._torn = False
         self._fd = -1
