@@ -1,6 +1,6 @@
 """The engine's own error types: what went wrong, for which container and process, and why.
 
-Raised low (process/, runtime.py, io/, mount.py, options.py) and never translated there; each
+Raised low (process/, runtime.py, io/, mount/, options.py) and never translated there; each
 front end maps them in one place (containerd: pyshim/shim/errors.py to ttrpc status codes;
 conmon: its exit codes and sync-pipe messages). Lean on purpose: no imports, as `str(error)` is
 the whole message a front end shows.

@@ -16,7 +16,8 @@ import logging
 import os
 from collections.abc import Awaitable, Iterable
 
-from pyshim.io.relay import RelayTask, wait_fd
+from pyshim.io.fdwait import wait_fd
+from pyshim.io.relay_task import RelayTask
 
 log = logging.getLogger("pyshim.io")
 

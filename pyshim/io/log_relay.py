@@ -14,8 +14,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from pyshim.io.fanout import Fanout, OutputPump, OutputSink
+from pyshim.io.fdwait import wait_fd
 from pyshim.io.fifo import OutputTarget
-from pyshim.io.relay import wait_fd
 from pyshim.logs import CriLogWriter
 
 log = logging.getLogger("pyshim.io")

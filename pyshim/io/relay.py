@@ -1,4 +1,5 @@
-"""One-way byte relay between two non-blocking fds on the event loop.
+"""One-way byte relay between two non-blocking fds on the event loop (the task machinery is
+relay_task.py's, fd readiness fdwait.py's, waiting for a FIFO reader reader_watch.py's).
 
 splice(2) when the kernel allows it (pipe to pipe/FIFO: no copy through Python), read/write
 otherwise. Back-pressure instead of buffering: when the destination is full we stop reading.
@@ -7,19 +8,21 @@ Never closes an fd it was not given ownership of, never blocks the loop.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
 import os
-import select
-import termios
-import threading
 from collections.abc import Callable
 
+from pyshim.io.fdwait import pending_bytes, wait_fd, writable_now
+from pyshim.io.reader_watch import ReaderWatch
+from pyshim.io.relay_task import RelayTask
 from pyshim.io.spool import Spool
+
+# Importable from here too, as before the split (pyshim.conmon.attach reads wait_fd here).
+__all__ = ["CHUNK", "YIELD_EVERY", "ReaderWatch", "Relay", "RelayTask", "pending_bytes",
+           "wait_fd"]
 
 log = logging.getLogger("pyshim.io")
 
@@ -27,93 +30,6 @@ CHUNK = 1 << 20
 _READ_CHUNK = 1 << 16
 # Bytes a relay moves before it lets the loop run other work.
 YIELD_EVERY = 4 << 20
-
-
-def pending_bytes(fd: int) -> int:
-    """Bytes waiting in a pipe (FIONREAD); 0 when it cannot be told."""
-    size = array.array("i", [0])
-    try:
-        fcntl.ioctl(fd, termios.FIONREAD, size, True)
-    except OSError:
-        return 0
-    return size[0]
-
-
-def _writable_now(fd: int) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    return bool(poller.poll(0))
-
-
-class RelayTask:
-    """What every relay shares: a task on the loop copying from `src`, progress for drained(),
-    and close(). Subclasses provide _run(), _unwritten() and _finish()."""
-
-    def __init__(self, src: int, *, name: str) -> None:
-        self.src = src
-        self.name = name
-        self._progress = asyncio.Event()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def _start(self, *fds: int) -> None:
-        for fd in fds:
-            os.set_blocking(fd, False)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
-
-    @property
-    def done(self) -> bool:
-        return self._task is not None and self._task.done()
-
-    async def wait(self) -> None:
-        """Until src reached EOF (or the relay was closed)."""
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
-
-    def is_drained(self) -> bool:
-        """Whether everything written to src so far has gone out (or copying ended)."""
-        return self.done or (not self._unwritten() and pending_bytes(self.src) == 0)
-
-    async def drained(self) -> None:
-        """Until is_drained().
-
-        Used after the writer exited: its last bytes are in the pipe by then, and this returns
-        once they are through, even if another process still holds the pipe open.
-        """
-        while not self.is_drained():
-            self._progress.clear()
-            await self._progress.wait()
-
-    def is_settled(self) -> bool:
-        """Whether copying can make no more progress by itself: ended, or (see Relay) every
-        byte of src read and only an absent reader could take the rest."""
-        return self.done
-
-    async def settled(self) -> None:
-        """Until is_settled(): what delete waits for. Waiting longer for a reader that is not
-        there would only hold up the delete (and a containerd restarting behind it)."""
-        while not self.is_settled():
-            self._progress.clear()
-            await self._progress.wait()
-
-    async def close(self) -> None:
-        """Stop copying now (bytes still in src are dropped) and release the fds."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        await self.wait()
-        self._finish()
-
-    async def _run(self) -> None:
-        raise NotImplementedError
-
-    def _unwritten(self) -> bool:
-        """Whether bytes already read from src still wait to be written."""
-        raise NotImplementedError
-
-    def _finish(self) -> None:
-        """Release the fds (idempotent)."""
-        raise NotImplementedError
 
 
 class Relay(RelayTask):
@@ -193,7 +109,7 @@ class Relay(RelayTask):
                 if self._reader_gone:
                     continue
                 # Nothing moved: wait for the side that blocks us.
-                if self._buffer or (not self._discard and not _writable_now(self.dst)):
+                if self._buffer or (not self._discard and not writable_now(self.dst)):
                     await wait_fd(loop, self.dst, write=True)
                 else:
                     self._progress.set()
@@ -356,72 +272,3 @@ class Relay(RelayTask):
         if self._on_done is not None:
             callback, self._on_done = self._on_done, None
             callback()
-
-
-class ReaderWatch:
-    """Tells the loop when a FIFO we write has a reader again, without polling.
-
-    A thread blocks in open(O_WRONLY) of the FIFO through an O_PATH handle of our own (so
-    neither a FIFO path removed meanwhile nor our fd being closed matters); the kernel returns
-    it when a reader opens. A thread of its own, not the executor: many streams may wait at
-    once, for as long as containerd is away. cancel() opens a reader of ours, kept until the
-    thread is out, so the thread returns whether it is already blocked or not yet.
-    """
-
-    def __init__(self, fd: int, callback: Callable[[], None], *, name: str) -> None:
-        self._handle = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
-        self._path = f"/proc/self/fd/{self._handle}"
-        self._wake = -1
-        self._loop = asyncio.get_running_loop()
-        self._callback: Callable[[], None] | None = callback
-        thread = threading.Thread(target=self._wait, name=f"reader watch {name}", daemon=True)
-        thread.start()
-
-    def _wait(self) -> None:
-        try:
-            fd = os.open(self._path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            os.close(fd)  # only the wake-up matters: we keep writing our own fd
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody to tell
-            self._loop.call_soon_threadsafe(self._done)
-
-    def _done(self) -> None:
-        for fd in (self._wake, self._handle):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._wake = self._handle = -1
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback()
-
-    def cancel(self) -> None:
-        self._callback = None
-        if self._handle >= 0 and self._wake < 0:
-            with contextlib.suppress(OSError):
-                self._wake = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-
-
-async def wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
-    ready = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    try:
-        if write:
-            loop.add_writer(fd, wake)
-        else:
-            loop.add_reader(fd, wake)
-    except PermissionError:
-        return  # regular files and /dev/null cannot be polled: they are always ready
-    try:
-        await ready
-    finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)

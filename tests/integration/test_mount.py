@@ -20,12 +20,12 @@ import pytest
 from pyshim.mount import (
     Mount,
     MountError,
-    _private_cwd,
     mount_all,
     mount_all_async,
     unmount_all,
     unmount_all_async,
 )
+from pyshim.mount.execute import _private_cwd
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 

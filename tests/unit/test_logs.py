@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from pyshim import logs
 from pyshim.logs import CriLogWriter, Timestamper, format_timestamp
+from pyshim.logs.writer import _has_long_line
 from tests import cri_log_reader as reader
 from tests.conftest import FUZZ_INPUTS
 
@@ -613,7 +614,7 @@ def _run(
 def test_long_line_check_matches_splitting(body: bytes, max_line: int) -> None:
     FUZZ_INPUTS["logs: long line check"] += 1
     expected = max(map(len, body.split(b"\n"))) > max_line
-    assert logs._has_long_line(body, max_line) == expected
+    assert _has_long_line(body, max_line) == expected
 
 
 @FUZZ

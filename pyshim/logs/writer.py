@@ -1,85 +1,24 @@
-"""Container output as a CRI log file (k8s-file): `<time> <stream> <P|F> <content>` records.
-
-Owns the record format, line splitting, the size caps and reopen (log rotation). Only partial
-lines wait in memory: every record reaches the file before write() returns. It never reads the
-file back and never swallows a write error: those are raised, naming the path, for the caller.
+"""The CRI log writer: `<time> <stream> <P|F> <content>` records, line reassembly and cutting,
+the size caps (max_size truncates, max_total drops). Only partial lines wait in memory: every
+record reaches the file before write() returns.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import time
 from collections.abc import Callable
 
-# Not `from typing import TYPE_CHECKING`: typing costs milliseconds at start-up that the conmon
-# front end does not otherwise pay; mypy honours any constant of this name.
+from pyshim.logs.logfile import MAX_IOVECS, CriLogFile
+from pyshim.logs.timestamps import Timestamper
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Literal, TypeAlias
-
-    #: "utc" (containerd CRI, `…Z`) or "local" (conmon, `…+05:30`).
-    TimestampStyle: TypeAlias = Literal["utc", "local"]
+    from pyshim.logs.timestamps import TimestampStyle
 
 STREAMS = ("stdout", "stderr")
 #: kubelet's and containerd's default maximum content of one record (16 KiB).
 DEFAULT_MAX_LINE = 16 * 1024
-# IOV_MAX is 1024; conmon flushes past 128 iovecs and so do we (keeps each writev modest).
-_MAX_IOVECS = 128
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-# conmon opens the reopened file without O_APPEND; we keep O_APPEND so that a copytruncate
-# rotation by someone else never leaves a hole of NULs before our next record. O_EXCL and
-# O_NOFOLLOW: we run as root in a directory others may write to, so the temp file must be one
-# we just created, never an existing file or a symlink planted to make us truncate its target.
-_REOPEN_FLAGS = _OPEN_FLAGS | os.O_EXCL | os.O_NOFOLLOW
-# EEXIST at the temp path more often than this means someone keeps re-planting it.
-_REOPEN_ATTEMPTS = 3
-_MODE = 0o640
-
-
-class Timestamper:
-    """RFC 3339 timestamps with exactly nine fraction digits, as bytes, cached per second.
-
-    "utc" gives `…T18:50:14.445719431Z` (containerd CRI, what kubelet expects); "local" gives
-    conmon's `…T18:50:14.445719431+00:00`: the process's local zone (TZ as of the last
-    time.tzset()), numeric offset with a colon, UTC as `+00:00`, DST changes honoured.
-    """
-
-    __slots__ = ("_local", "_prefix", "_second", "_suffix")
-
-    def __init__(self, style: TimestampStyle = "utc") -> None:
-        if style not in ("utc", "local"):
-            raise ValueError(f"timestamp style must be 'utc' or 'local', not {style!r}")
-        self._local = style == "local"
-        self._second: int | None = None
-        self._prefix = b""
-        self._suffix = b""
-
-    def __call__(self, time_ns: int) -> bytes:
-        second, nanos = divmod(time_ns, 1_000_000_000)
-        if second != self._second:
-            self._load(second)
-        return b"%s%09d%s" % (self._prefix, nanos, self._suffix)
-
-    def _load(self, second: int) -> None:
-        if self._local:
-            tm = time.localtime(second)
-            # Offsets of historical zones may carry seconds; RFC 3339 has minutes only.
-            minutes = abs(tm.tm_gmtoff) // 60
-            sign = "-" if tm.tm_gmtoff < 0 else "+"
-            suffix = f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
-        else:
-            tm = time.gmtime(second)
-            suffix = "Z"
-        self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", tm).encode()
-        self._suffix = suffix.encode()
-        self._second = second
-
-
-def format_timestamp(time_ns: int, style: TimestampStyle = "utc") -> str:
-    """One CRI log timestamp (see Timestamper; use a Timestamper when formatting many)."""
-    return Timestamper(style)(time_ns).decode()
 
 
 def _cut(line: bytes, max_line: int) -> tuple[list[bytes], bytes]:
@@ -114,7 +53,7 @@ class _Stream:
         self.pending = bytearray()
 
 
-class CriLogWriter:
+class CriLogWriter(CriLogFile):
     """Writes one container's stdout/stderr to `path` in the CRI log format.
 
     buffer_lines=True (containerd CRI semantics): lines are reassembled across write() calls;
@@ -147,36 +86,18 @@ class CriLogWriter:
     ) -> None:
         if max_line < 0 or max_size < 0 or max_total < 0:
             raise ValueError("max_line, max_size and max_total must not be negative")
-        self.path = os.fspath(path)
         self.max_line = max_line
         self.max_size = max_size
         self.max_total = max_total
         self.buffer_lines = buffer_lines
-        self.sync = sync
         self._clock = clock
         self._stamp = Timestamper(timestamps)
         self._streams = {name: _Stream(name) for name in STREAMS}
-        #: Bytes in the current file (counted from its size at open), for max_size.
-        self.size = 0
-        #: Bytes this writer has written, for max_total.
-        self.total = 0
         #: Records not written because of max_total.
         self.dropped = 0
-        # A failed write may have left half a record; the next write starts a fresh line.
-        self._torn = False
-        self._fd = -1
-        try:
-            self._fd = os.open(self.path, _OPEN_FLAGS, _MODE)
-            self.size = os.fstat(self._fd).st_size
-        except OSError as err:
-            self._close_fd()
-            raise self._error(err, "opening") from err
+        super().__init__(path, sync=sync)
 
     # -- public API ------------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
 
     def write(self, stream: str, data: bytes) -> None:
         """Log one chunk of a stream's output ("stdout" or "stderr"); any bytes at all."""
@@ -243,12 +164,6 @@ class CriLogWriter:
         """
         self._check_open()
         self._reopen()
-
-    @property
-    def temp_path(self) -> str:
-        """Where reopen() creates the new file: `<path>.<pid>.tmp`, so that writers in
-        different processes never take each other's temp file."""
-        return f"{self.path}.{os.getpid()}.tmp"
 
     def close(self) -> None:
         """Flush both streams' partial lines, fsync (if sync) and close. Idempotent.
@@ -341,98 +256,11 @@ class CriLogWriter:
                 self._reopen()
             batch.append(record)
             batch_size += len(record)
-            if len(batch) >= _MAX_IOVECS:
+            if len(batch) >= MAX_IOVECS:
                 self._write(batch, batch_size)
                 batch, batch_size = [], 0
         if batch:
             self._write(batch, batch_size)
-
-    # -- file --------------------------------------------------------------------------------
-
-    def _write(self, blocks: list[bytes], size: int) -> None:
-        """Write all of blocks (size bytes in all, at most _MAX_IOVECS of them)."""
-        fd = self._fd
-        if fd < 0:
-            self._check_open()
-        if self._torn:
-            blocks = [b"\n", *blocks]
-            size += 1
-        try:
-            written = os.write(fd, blocks[0]) if len(blocks) == 1 else os.writev(fd, blocks)
-        except OSError as err:
-            raise self._error(err, "writing") from err
-        self.size += written
-        self.total += written
-        self._torn = False
-        if written != size:
-            self._write_rest(_advance(blocks, written))
-
-    def _write_rest(self, blocks: list[bytes]) -> None:
-        """After a short write: retry until done or an error says why (ENOSPC, EFBIG…)."""
-        while blocks:
-            try:
-                written = os.writev(self._fd, blocks)
-            except OSError as err:
-                self._torn = True  # part of a record is in the file already
-                raise self._error(err, "writing") from err
-            self.size += written
-            self.total += written
-            blocks = _advance(blocks, written)
-
-    def _reopen(self) -> None:
-        if self.sync:
-            self._fsync()
-        tmp = self.temp_path
-        fd = self._create_exclusive(tmp)
-        try:
-            os.rename(tmp, self.path)
-        except OSError as err:
-            os.close(fd)
-            _unlink_quietly(tmp)
-            raise self._error(err, "reopening") from err
-        # The old fd stays until the new file is in place, so a failed reopen leaves a writer
-        # that still works (on the old file).
-        old, self._fd = self._fd, fd
-        self.size = 0
-        self._torn = False
-        try:
-            os.close(old)
-        except OSError as err:
-            raise self._error(err, "closing") from err
-
-    def _create_exclusive(self, tmp: str) -> int:
-        """A new empty file at tmp; whatever is there already (a stale temp file of a crashed
-        writer with our pid, a planted symlink) is unlinked, which never follows a link."""
-        for _ in range(_REOPEN_ATTEMPTS):
-            try:
-                return os.open(tmp, _REOPEN_FLAGS, _MODE)
-            except FileExistsError:
-                pass
-            except OSError as err:
-                raise self._error(err, "reopening", tmp) from err
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                raise self._error(err, "reopening", tmp) from err
-        raise self._error(OSError(errno.EEXIST, os.strerror(errno.EEXIST)), "reopening", tmp)
-
-    def _fsync(self) -> None:
-        try:
-            os.fsync(self._fd)
-        except OSError as err:
-            # EINVAL: the path is something that cannot be synced (a FIFO, /dev/null).
-            if err.errno != errno.EINVAL:
-                raise self._error(err, "syncing") from err
-
-    def _close_fd(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError as err:
-                raise self._error(err, "closing") from err
 
     def _state(self, stream: str) -> _Stream:
         self._check_open()
@@ -440,26 +268,3 @@ class CriLogWriter:
             return self._streams[stream]
         except KeyError:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}") from None
-
-    def _check_open(self) -> None:
-        if self._fd < 0:
-            raise ValueError(f"CRI log {self.path} is closed")
-
-    def _error(self, err: OSError, action: str, path: str | None = None) -> OSError:
-        """The same OSError (errno kept), saying what we were doing to which file."""
-        return OSError(err.errno, f"{err.strerror} ({action} CRI log)", path or self.path)
-
-
-def _unlink_quietly(path: str) -> None:
-    # The error being raised already says what went wrong.
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def _advance(blocks: list[bytes], written: int) -> list[bytes]:
-    """What is left of blocks after the first `written` bytes went out."""
-    for index, block in enumerate(blocks):
-        if written < len(block):
-            return [block[written:], *blocks[index + 1 :]] if written else blocks[index:]
-        written -= len(block)
-    return []
