@@ -26,6 +26,7 @@ import contextlib
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -129,7 +130,11 @@ def podmen() -> Iterator[dict[str, BenchPodman]]:
             except PodmanError as error:
                 errors.append(str(error))
         if errors:
-            raise BenchError("conmon phase: " + "\n".join(errors))
+            message = "conmon phase: stopping the podmen: " + "\n".join(errors)
+            if sys.exc_info()[1] is not None:  # do not hide the failure that got us here
+                print(message, file=sys.stderr)
+            else:
+                raise BenchError(message)
 
 
 def check_monitor(podman: BenchPodman, pid: int, server: psutil.Process | None) -> None:
