@@ -157,6 +157,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              " 64)")
     parser.add_argument("--conmon-throughput-rounds", type=int,
                         help="k8s-file throughput rounds of the conmon phase (default 3; 1)")
+    parser.add_argument("--conmon-log-dir", type=Path,
+                        help="where the conmon phase's k8s-file logs go (default: below /tmp,"
+                             " the disk; e.g. /dev/shm to leave the disk out)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated phases to run (default all: {','.join(PHASES)})")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md",
@@ -404,7 +407,7 @@ def soak_phase(session: Session, results: Results, cycles: int) -> None:
 def conmon_phase(args: argparse.Namespace, results: Results) -> None:
     progress("conmon phase: three private podmen (conmon, pyshim, pyshim-cold)")
     conmon = suite_conmon.measure(args.rounds, args.conmon_count, args.conmon_throughput_rounds,
-                                  args.conmon_mib, args.settle, progress)
+                                  args.conmon_mib, args.settle, progress, args.conmon_log_dir)
     results.conmon = conmon
     results.notes += conmon.notes
     if conmon.server_pss_kib is not None:

@@ -179,9 +179,11 @@ def log_ends_with_sentinel(path: Path) -> bool:
         return False
 
 
-def throughput_mibs(podman: BenchPodman, size: int, verify: bool) -> float:
-    """MiB/s of one container's ``size`` bytes of stdout into podman's k8s-file log."""
-    log = podman.exchange / "ctr.log"
+def throughput_mibs(podman: BenchPodman, size: int, verify: bool,
+                    log_dir: Path | None = None) -> float:
+    """MiB/s of one container's ``size`` bytes of stdout into podman's k8s-file log (in
+    ``log_dir``, default the podman's own directory)."""
+    log = (log_dir or podman.exchange) / f"ctr-{podman.name}.log"
     go = podman.exchange / "go"
     container = podman.detached(
         *throughput_command(size),
@@ -236,9 +238,10 @@ def latency_rounds(podmen: dict[str, BenchPodman], results: ConmonResults, round
 
 
 def throughput_rounds(podmen: dict[str, BenchPodman], results: ConmonResults, rounds: int,
-                      size_mib: int, progress: Callable[[str], None]) -> None:
+                      size_mib: int, progress: Callable[[str], None],
+                      log_dir: Path | None = None) -> None:
     for index in range(rounds + 1):  # round 0: the log is checked line by line, not recorded
-        figures = {name: throughput_mibs(podmen[name], size_mib << 20, verify=index == 0)
+        figures = {name: throughput_mibs(podmen[name], size_mib << 20, index == 0, log_dir)
                    for name in rotated(index)}
         if index:
             for name, value in figures.items():
@@ -274,15 +277,17 @@ def memory(podmen: dict[str, BenchPodman], results: ConmonResults, count: int, s
 
 
 def measure(rounds: int, count: int, throughput_rounds_: int, size_mib: int, settle: float,
-            progress: Callable[[str], None] = print) -> ConmonResults:
-    """Every figure of the phase, in one run of the three podmen."""
+            progress: Callable[[str], None] = print, log_dir: Path | None = None
+            ) -> ConmonResults:
+    """Every figure of the phase, in one run of the three podmen (k8s-file logs in
+    ``log_dir``, default each podman's directory below /tmp)."""
     results = ConmonResults()
     with podmen() as started:
         for podman in started.values():  # warm: the first run pulls the rootfs into storage
             podman.run("run", "--rm", *podman.container_args(), "/bin/true", check=True)
         server = the_server(started["pyshim"])
         latency_rounds(started, results, rounds, progress)
-        throughput_rounds(started, results, throughput_rounds_, size_mib, progress)
+        throughput_rounds(started, results, throughput_rounds_, size_mib, progress, log_dir)
         memory(started, results, count, settle, progress)
         later = the_server(started["pyshim"])
         if server is not None and later is not None and later.pid != server.pid:
