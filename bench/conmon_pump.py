@@ -8,7 +8,8 @@ Both without fsync (--no-sync-log). The payload is `yes LINE | head -c SIZE`. Ru
 the figure is the median MiB/s of the container's output (not of the larger log).
 
 This measures the blocks, not the monitor podman runs (that one adds start-up and the
-channels); the issue's paired podman benchmark belongs to the monitor.
+channels); the issue's paired figure through real podman is the k8s-file row of the suite's
+`conmon` phase (bench/suite_conmon.py).
 
 Usage: python -m bench.conmon_pump [--size MiB] [--line BYTES] [--runs N] [--attach]
 """

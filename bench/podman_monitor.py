@@ -5,6 +5,10 @@ container with N containers running (mean over the N monitors, from /proc/PID/sm
 Uses the private podman of the e2e tests (tests/e2e/podman.py: private storage, the deployed
 containers.conf with conmon_path set, commands below a child subreaper).
 
+The suite's `conmon` phase (`python -m bench.suite --phases conmon`, bench/suite_conmon.py) runs
+these figures with and without the server in one run, adds k8s-file throughput through podman
+and reports them with issue 12's targets; this module is the quick standalone look.
+
 Usage: python -m bench.podman_monitor [--runs N] [--containers N] [--no-server]
 (--no-server: every pyshim monitor forked by its own launch, PYSHIM_CONMON_SERVER=0)
 """

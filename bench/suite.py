@@ -22,10 +22,16 @@ over rounds of the per-round ratio):
 * idle wakeups (``--idle-seconds``, default 60): CPU time and context switches of one idle
   container's shim processes over that window (``bench.suite_idle``);
 * exec soak (``--soak-execs``, default 10,000): RSS growth of one shim over that many exec
-  create/start/wait/delete cycles, pyshim and runc-v2 (``bench.suite_soak``).
+  create/start/wait/delete cycles, pyshim and runc-v2 (``bench.suite_soak``);
+* conmon (``bench.suite_conmon``, no containerd): podman 4.3 with the real conmon, pyshim-conmon
+  with its warm monitor-server and pyshim-conmon without it, each in its own private podman:
+  ``podman run --rm`` and ``podman exec`` latencies (``--rounds``), k8s-file throughput
+  (``--conmon-mib``, ``--conmon-throughput-rounds``) and monitor PSS per container at
+  ``--conmon-count`` sleepers; ratios against conmon, in a table of their own.
 
 ``--phases`` runs some of them only (e.g. ``--phases idle,soak --idle-seconds 10
---soak-execs 200 --out /tmp/b.md`` to try the last two quickly).
+--soak-execs 200 --out /tmp/b.md`` to try two quickly, or ``--phases conmon --rounds 3
+--conmon-count 5 --conmon-mib 64 --conmon-throughput-rounds 1 --out /tmp/c.md``).
 
 Needs root, containerd, ctr, runc and /bin/busybox. Everything it starts is stopped and removed
 at the end, also on failure or Ctrl-C. A failed ``ctr`` stops the suite with a message.
@@ -55,6 +61,7 @@ import psutil
 
 from bench import (
     conmon_version,
+    suite_conmon,
     suite_idle,
     suite_ksm,
     suite_memory,
@@ -90,7 +97,9 @@ from pyshim.shim import forkclient
 
 REPO = Path(__file__).resolve().parents[1]
 PSS_TARGET_MIB = 1.3
-PHASES = ("memory", "latency", "relay", "burst", "ksm", "idle", "soak")
+PHASES = ("memory", "latency", "relay", "burst", "ksm", "idle", "soak", "conmon")
+#: The phases that need the private containerd (the conmon phase runs podman only).
+CONTAINERD_PHASES = frozenset(PHASES) - {"conmon"}
 #: The configurations the exec soak runs (pyshim-cold's daemon runs the same code as pyshim's).
 SOAK_CONFIGS = ("pyshim", "runc-v2")
 
@@ -117,6 +126,7 @@ class Results:
     idle: dict[str, suite_idle.Activity] = field(default_factory=dict)
     idle_forkserver: suite_idle.Activity | None = None
     soak: dict[str, suite_soak.Soak] = field(default_factory=dict)
+    conmon: suite_conmon.ConmonResults | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -140,6 +150,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="idle-wakeup window in seconds (default 60; 10 with --quick)")
     parser.add_argument("--soak-execs", type=int,
                         help="exec cycles of the soak (default 10000; 200 with --quick)")
+    parser.add_argument("--conmon-count", type=int,
+                        help="sleepers per monitor for the conmon phase's PSS (default 20; 5)")
+    parser.add_argument("--conmon-mib", type=int,
+                        help="MiB per k8s-file throughput run of the conmon phase (default 512;"
+                             " 64)")
+    parser.add_argument("--conmon-throughput-rounds", type=int,
+                        help="k8s-file throughput rounds of the conmon phase (default 3; 1)")
+    parser.add_argument("--conmon-log-dir", type=Path,
+                        help="where the conmon phase's k8s-file logs go (default: below /tmp,"
+                             " the disk; e.g. /dev/shm to leave the disk out)")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated phases to run (default all: {','.join(PHASES)})")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md",
@@ -147,7 +167,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     defaults = {"rounds": (20, 3), "relay_rounds": (3, 1), "relay_mib": (512, 256),
                 "burst": (50, 10), "burst_rounds": (3, 1), "idle_seconds": (60.0, 10.0),
-                "soak_execs": (10_000, 200)}
+                "soak_execs": (10_000, 200), "conmon_count": (20, 5), "conmon_mib": (512, 64),
+                "conmon_throughput_rounds": (3, 1)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -383,6 +404,21 @@ def soak_phase(session: Session, results: Results, cycles: int) -> None:
         "runs the same code).")
 
 
+def conmon_phase(args: argparse.Namespace, results: Results) -> None:
+    progress("conmon phase: three private podmen (conmon, pyshim, pyshim-cold)")
+    conmon = suite_conmon.measure(args.rounds, args.conmon_count, args.conmon_throughput_rounds,
+                                  args.conmon_mib, args.settle, progress, args.conmon_log_dir)
+    results.conmon = conmon
+    results.notes += conmon.notes
+    if conmon.server_pss_kib is not None:
+        results.notes.append(
+            f"conmon phase, N={args.conmon_count}: pyshim's monitor-server (one per node) had "
+            f"{conmon.server_pss_kib / MIB_KIB:.2f} MiB PSS (its 1/N share is in pyshim's "
+            "figure); the monitors alone: " + ", ".join(
+                f"{name} {kib / MIB_KIB:.2f} MiB" for name, kib in conmon.monitor_pss_kib.items())
+            + " each.")
+
+
 # ---------------------------------------------------------------------------------- report
 
 
@@ -486,7 +522,8 @@ def environment() -> list[str]:
 
 
 def document(args: argparse.Namespace, results: Results, rows: list[Row], wall_s: float,
-             chart_note: str | None, chart_name: str) -> str:
+             chart_note: str | None, chart_name: str,
+             conmon_rows: Sequence[Row] = ()) -> str:
     command = ".venv/bin/python -m bench.suite" + (
         " " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     ksm_found = ", ".join(f"{key}={value}" for key, value in results.ksm_found.items())
@@ -558,6 +595,10 @@ def document(args: argparse.Namespace, results: Results, rows: list[Row], wall_s
         "- Every pyshim start measured is checked to have been forked by the fork-server, "
         "every pyshim-cold start not to.",
     ]
+    if conmon_rows:
+        lines += ["", *suite_conmon.report_section(
+            conmon_rows, args.rounds, args.conmon_throughput_rounds, args.conmon_mib,
+            args.conmon_count, args.settle)]
     if results.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in results.notes)]
     return "\n".join(lines) + "\n"
@@ -574,6 +615,16 @@ def run(args: argparse.Namespace) -> Results:
     results = Results(load_start=os.getloadavg()[0])
     if suite_ksm.unavailable_reason() is None or suite_ksm.KSM_DIR.is_dir():
         results.ksm_found = suite_ksm.state()
+    if CONTAINERD_PHASES & set(args.phases):
+        containerd_phases(args, results)
+    if "conmon" in args.phases:
+        conmon_phase(args, results)
+    results.conmon_version = conmon_version.figures(runs=50)
+    results.load_end = os.getloadavg()[0]
+    return results
+
+
+def containerd_phases(args: argparse.Namespace, results: Results) -> None:
     ids: list[str] = []
     with suite_containerd(ids) as (containerd, rootfs):
         session = Session(containerd, rootfs, ids)
@@ -596,9 +647,6 @@ def run(args: argparse.Namespace) -> Results:
         elif "memory" in args.phases:
             ksm_phase(session, results, args.counts[-1], args.settle)
     progress("private containerd stopped and removed")
-    results.conmon_version = conmon_version.figures(runs=50)
-    results.load_end = os.getloadavg()[0]
-    return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -623,17 +671,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, previous_handler)
     wall_s = time.monotonic() - began
     rows = build_rows(args, results)
+    conmon_rows = (suite_conmon.rows(results.conmon, args.conmon_count, args.conmon_mib)
+                   if results.conmon is not None else [])
     out: Path = args.out
     chart_path = out.with_suffix(".png")
     chart_note = draw_chart(
-        rows, {group: {name: values[0] / MIB_KIB for name, values in per_config.items()}
-               for group, per_config in results.memory.items()},
+        [*rows, *conmon_rows],
+        {group: {name: values[0] / MIB_KIB for name, values in per_config.items()}
+         for group, per_config in results.memory.items()},
         PSS_TARGET_MIB, chart_path,
         f"pyshim vs runc-v2, containerd 1.6, {os.cpu_count()} CPUs, "
         f"{args.rounds} rounds{' (quick)' if args.quick else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(document(args, results, rows, wall_s, chart_note, chart_path.name))
+    out.write_text(document(args, results, rows, wall_s, chart_note, chart_path.name,
+                            conmon_rows))
     print(markdown_table(rows))
+    if conmon_rows:
+        print("\nAgainst conmon (podman 4.3):\n"
+              + markdown_table(conmon_rows, suite_conmon.MONITORS))
     for note in results.notes:
         print(f"\nnote: {note}")
     print(f"\ntotal wall time {wall_s / 60:.1f} min; wrote {out}"

@@ -12,6 +12,7 @@ from pathlib import Path
 from bench.suite_env import CONFIGS, REFERENCE
 
 MIB_KIB = 1024
+CONFIG_NAMES = tuple(config.name for config in CONFIGS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class Row:
     chart: str | None = None
     higher_is_better: bool = False
     notes: list[str] = field(default_factory=list)
+    #: What the ratios divide by (the conmon phase's rows: conmon).
+    reference: str = REFERENCE.name
 
 
 def median_or_none(values: Sequence[float]) -> float | None:
@@ -68,28 +71,31 @@ def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
 
 def series_row(label: str, unit: str, digits: int, series: dict[str, list[float]],
                target: Target | None = None, chart: str | None = None,
-               higher_is_better: bool = False) -> Row:
+               higher_is_better: bool = False, columns: Sequence[str] = CONFIG_NAMES,
+               reference: str = REFERENCE.name) -> Row:
     """A row from per-round values of every configuration (same rounds, same order)."""
-    values = {config.name: median_or_none(series[config.name]) for config in CONFIGS}
-    reference = series[REFERENCE.name]
+    values = {name: median_or_none(series[name]) for name in columns}
     return Row(label, unit, digits, values,
-               ratio=paired_ratio(series["pyshim"], reference),
-               ratio_cold=paired_ratio(series["pyshim-cold"], reference),
-               target=target, chart=chart, higher_is_better=higher_is_better)
+               ratio=paired_ratio(series["pyshim"], series[reference]),
+               ratio_cold=paired_ratio(series["pyshim-cold"], series[reference]),
+               target=target, chart=chart, higher_is_better=higher_is_better,
+               reference=reference)
 
 
 def single_row(label: str, unit: str, digits: int, values: dict[str, float],
-               target: Target | None = None, chart: str | None = None) -> Row:
-    """A row from one measurement per configuration (ratio: value / runc-v2's)."""
-    reference = values.get(REFERENCE.name)
+               target: Target | None = None, chart: str | None = None,
+               columns: Sequence[str] = CONFIG_NAMES, reference_name: str = REFERENCE.name
+               ) -> Row:
+    """A row from one measurement per configuration (ratio: value / the reference's)."""
+    reference = values.get(reference_name)
 
     def ratio(name: str) -> float | None:
         value = values.get(name)
         return value / reference if value is not None and reference else None
 
-    return Row(label, unit, digits, {config.name: values.get(config.name) for config in CONFIGS},
+    return Row(label, unit, digits, {name: values.get(name) for name in columns},
                ratio=ratio("pyshim"), ratio_cold=ratio("pyshim-cold"), target=target,
-               chart=chart)
+               chart=chart, reference=reference_name)
 
 
 def _number(value: float | None, digits: int, unit: str = "") -> str:
@@ -108,12 +114,12 @@ def _verdict(row: Row) -> str:
     return f"{row.target.text}: **{words[pyshim]}** (cold: {words[cold]})"
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
-    header = ["figure", *(config.name for config in CONFIGS), "ratio", "ratio cold", "target"]
+def markdown_table(rows: Sequence[Row], columns: Sequence[str] = CONFIG_NAMES) -> str:
+    header = ["figure", *columns, "ratio", "ratio cold", "target"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"{row.label} ({row.unit})",
-                 *(_number(row.values.get(config.name), row.digits) for config in CONFIGS),
+                 *(_number(row.values.get(name), row.digits) for name in columns),
                  _number(row.ratio, 2), _number(row.ratio_cold, 2), _verdict(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -156,15 +162,15 @@ def draw_chart(rows: Sequence[Row], memory: dict[str, dict[str, float]], pss_tar
                       label=name if position == 0 else None)
             left.text(ratio, position + offset, f" {ratio:.2f}", va="center", fontsize=7)
         if row.target is not None:
-            bound = row.target.as_ratio(row.values.get(REFERENCE.name))
+            bound = row.target.as_ratio(row.values.get(row.reference))
             if bound is not None:
                 left.plot([bound, bound], [position - 0.45, position + 0.45], color="red",
                           linewidth=2, label=None if target_labelled else "target")
                 target_labelled = True
-    left.axvline(1.0, color="black", linewidth=1, linestyle="--", label="runc-v2 = 1.0")
+    left.axvline(1.0, color="black", linewidth=1, linestyle="--", label="reference = 1.0")
     left.set_yticks(range(len(charted)), labels, fontsize=8)
-    left.set_xlabel("ratio to runc-v2 (paired median over rounds)")
-    left.set_title("pyshim / runc-v2", fontsize=10)
+    left.set_xlabel("ratio to the reference (paired median over rounds)")
+    left.set_title("pyshim / runc-v2 (podman rows: pyshim-conmon / conmon)", fontsize=10)
     left.legend(fontsize=8, loc="lower right")
     left.grid(axis="x", alpha=0.3)
 
