@@ -18,6 +18,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pyshim import environ_table
 from pyshim.bundle import DEFAULT_BINARY
 from pyshim.errors import DeadlineExceeded, RuntimeFailed
 from pyshim.reaper import Exit, Reaper
@@ -345,7 +346,7 @@ async def _kill_group(pid: int, exited: asyncio.Future[Exit]) -> None:
 
 def _runc_environment() -> dict[str, str]:
     # NOTIFY_SOCKET changes runc's behaviour (it would wait for the container's sd_notify).
-    return {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+    return environ_table.copy_without("NOTIFY_SOCKET")  # not os.environ.items(): see there
 
 
 def _log_size(path: str | None) -> int:

@@ -23,6 +23,7 @@ import struct
 import sys
 import time
 
+from pyshim import environ_table
 from pyshim.shim import forkclient
 from pyshim.shim import forkserver_files as files
 from pyshim.shim.daemonize import become_daemon
@@ -260,7 +261,8 @@ def _become_daemon(
     listener_fd: int,
     log_fd: int,
 ) -> int:
-    replace_environment(environment)
+    # Not os.environ.clear() + update(): see environ_table.
+    environ_table.replace(environment)
     os.chdir(config.bundle)
     # What ps shows: the shim it now is, not the fork-server it was.
     set_command_line(f"containerd-shim-pyshim-v1 -namespace {config.namespace} "
@@ -270,25 +272,6 @@ def _become_daemon(
         connection.send(marshal.dumps({"pid": os.getpid()}))
     connection.close()
     return become_daemon(config, listener, log_fd, score)
-
-
-#: os.environ's own table (bytes to bytes) and the encoding of its keys and values: see below.
-_ENVIRONMENT_DATA: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
-_ENVIRONMENT_ENCODING = sys.getfilesystemencoding()
-
-
-def replace_environment(environment: dict[str, str]) -> None:
-    """What `os.environ.clear(); os.environ.update(environment)` does (the C environment and
-    os.environ's table), in one loop of built-in calls: MutableMapping's clear and update run
-    half a dozen Python functions per variable, copying their pages into every daemon."""
-    for key in list(_ENVIRONMENT_DATA):
-        os.unsetenv(key)
-    _ENVIRONMENT_DATA.clear()
-    for name, value in environment.items():
-        encoded_name = name.encode(_ENVIRONMENT_ENCODING, "surrogateescape")
-        encoded_value = value.encode(_ENVIRONMENT_ENCODING, "surrogateescape")
-        os.putenv(encoded_name, encoded_value)
-        _ENVIRONMENT_DATA[encoded_name] = encoded_value
 
 
 #: madvise(2) advice: let the kernel's same-page merging (KSM) scan these pages.

@@ -1,4 +1,4 @@
-"""forkserver.replace_environment: the same result as os.environ.clear() + update()."""
+"""environ_table: the same results as os.environ's own methods."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pyshim.shim.forkserver import replace_environment
+from pyshim import environ_table
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_replaces_python_and_c_environment() -> None:
     os.environ["PYSHIM_TEST_STALE"] = "old"
     wanted = {"PATH": "/bin:/usr/bin", "PYSHIM_TEST_NEW": "nouveau \u00e9", "EMPTY": "",
               "RAW": "bad\udcff"}
-    replace_environment(wanted)
+    environ_table.replace(wanted)
     assert dict(os.environ) == wanted
     assert os.getenv("PYSHIM_TEST_STALE") is None
     assert os.environ["PYSHIM_TEST_NEW"] == "nouveau \u00e9"
@@ -40,3 +40,12 @@ def test_replaces_python_and_c_environment() -> None:
 def _child_environment() -> list[bytes]:
     shown = subprocess.run(["/usr/bin/env"], capture_output=True, check=True).stdout
     return sorted(shown.splitlines())
+
+
+@pytest.mark.usefixtures("saved_environment")
+def test_copy_without() -> None:
+    os.environ["NOTIFY_SOCKET"] = "/run/notify"
+    os.environ["PYSHIM_TEST_ODD"] = "odd \udcff \u00e9"
+    assert environ_table.copy_without("NOTIFY_SOCKET") == {
+        key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+    assert "PYSHIM_TEST_ODD" in environ_table.copy_without("NOTIFY_SOCKET")
