@@ -40,8 +40,9 @@ logging.getLogger("pyshim").setLevel(logging.INFO)
 
 # What a daemon would otherwise import on first use, each import running importlib's Python
 # code in every daemon (~250 KiB of private pages together): `resource` (os.wait4, the
-# reaper's, imports it at its first call for its rusage) and the ascii codec (bundle.read_pid
-# opens the pid file with encoding="ascii"; the lookup is cached for the process).
+# reaper's, imports it at its first call for its rusage) and the ascii codec (any text file
+# opened with encoding="ascii"; bundle.read_pid now decodes bytes, which needs no lookup; the
+# lookup is cached for the process).
 codecs.lookup("ascii")
 
 #: The Task service's methods (v2, and the same handlers as v3), looked up at import: in the
