@@ -198,8 +198,14 @@ class OCIRuntime:
         if process_spec is not None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(spec_path, flags, 0o600)
-            with os.fdopen(fd, "w") as spec_file:
-                json.dump(process_spec, spec_file)
+            # The bytes json.dump would write, but through json.dumps' C encoder: json.dump
+            # runs the pure-Python one (and a text file's codec), copied into each daemon.
+            data = json.dumps(process_spec).encode()
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
         try:
             args = ["exec", "--pid-file", pid_file, "--process", spec_path, "--detach"]
             preserve, fd_map = self._preserved_fds()
