@@ -70,8 +70,9 @@ def write_address(bundle: str, address: str) -> None:
 def read_pid(path: str) -> int:
     """A pid file as runc writes it (decimal, maybe without newline); OSError/ValueError if
     it is missing or not a number."""
-    with open(path, encoding="ascii") as pid_file:
-        return int(pid_file.read().strip())
+    # Bytes, decoded here: a text-mode file runs codecs' Python decoder classes.
+    with open(path, "rb") as pid_file:
+        return int(pid_file.read().decode("ascii").strip())
 
 
 class CorruptRecord(ValueError):

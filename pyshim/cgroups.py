@@ -177,16 +177,18 @@ def cgroup_of_pid(pid: int, root: str = DEFAULT_ROOT, mode: CgroupMode | None = 
     if mode is None:
         mode = host_mode(root)
     try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as file:
-            text = file.read()
+        # Bytes, decoded here (also below): a text-mode file runs codecs' Python decoder
+        # classes, copied into each shim daemon at its first read.
+        with open(f"/proc/{pid}/cgroup", "rb") as file:
+            text = file.read().decode()
     except OSError as exc:
         reason = "no such process" if isinstance(exc, FileNotFoundError) else exc.strerror
         raise CgroupNotFound(f"cannot read the cgroup of pid {pid}: {reason}") from exc
     mounts = None
     if mode is CgroupMode.V1:
         try:
-            with open("/proc/self/mountinfo", encoding="utf-8") as file:
-                mounts = parse_mountinfo_v1(file.read())
+            with open("/proc/self/mountinfo", "rb") as file:
+                mounts = parse_mountinfo_v1(file.read().decode())
         except OSError:
             mounts = None  # fall back to <root>/<controller>
     try:
@@ -252,8 +254,8 @@ def parse_device(text: str) -> tuple[int, int] | None:
 def read_file(directory: str, name: str) -> str | None:
     """A cgroup file's text, or None when it (or its controller) is not there."""
     try:
-        with open(os.path.join(directory, name), encoding="utf-8") as file:
-            return file.read()
+        with open(os.path.join(directory, name), "rb") as file:
+            return file.read().decode()
     except (OSError, UnicodeDecodeError):
         return None
 

@@ -74,6 +74,12 @@ def configure(
     """Send every pyshim logger's records to stream as logfmt lines."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(LogfmtFormatter(fields))
+    return install(handler, level=level)
+
+
+def install(handler: logging.Handler, *, level: int = logging.INFO) -> logging.Handler:
+    """Make `handler` (made by the caller, maybe long before) the only one of every pyshim
+    logger, at `level`."""
     root = logging.getLogger("pyshim")
     root.handlers[:] = [handler]
     if root.level != level:  # setLevel walks every logger (clearing caches) even if unchanged

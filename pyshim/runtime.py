@@ -18,6 +18,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pyshim import environ_table
 from pyshim.bundle import DEFAULT_BINARY
 from pyshim.errors import DeadlineExceeded, RuntimeFailed
 from pyshim.reaper import Exit, Reaper
@@ -197,8 +198,14 @@ class OCIRuntime:
         if process_spec is not None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(spec_path, flags, 0o600)
-            with os.fdopen(fd, "w") as spec_file:
-                json.dump(process_spec, spec_file)
+            # The bytes json.dump would write, but through json.dumps' C encoder: json.dump
+            # runs the pure-Python one (and a text file's codec), copied into each daemon.
+            data = json.dumps(process_spec).encode()
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
         try:
             args = ["exec", "--pid-file", pid_file, "--process", spec_path, "--detach"]
             preserve, fd_map = self._preserved_fds()
@@ -345,7 +352,7 @@ async def _kill_group(pid: int, exited: asyncio.Future[Exit]) -> None:
 
 def _runc_environment() -> dict[str, str]:
     # NOTIFY_SOCKET changes runc's behaviour (it would wait for the container's sd_notify).
-    return {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+    return environ_table.copy_without("NOTIFY_SOCKET")  # not os.environ.items(): see there
 
 
 def _log_size(path: str | None) -> int:

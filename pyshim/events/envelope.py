@@ -4,6 +4,8 @@ Owns encoding and the critical-topic rule; never queues, stores or sends anythin
 
 from __future__ import annotations
 
+import time
+
 from google.protobuf.message import DecodeError, Message
 
 from pyshim.protos.containerd.events import task_pb2
@@ -16,7 +18,11 @@ CRITICAL_TOPICS = frozenset({"/tasks/exit", "/tasks/oom"})
 def envelope(namespace: str, topic: str, event: Message) -> forward_pb2.ForwardRequest:
     """A Forward request; the type URL is the bare full name, as containerd expects."""
     request = forward_pb2.ForwardRequest()
-    request.envelope.timestamp.GetCurrentTime()
+    # Timestamp.GetCurrentTime's value (now, to the microsecond) without its Python code
+    # (datetime, calendar.timegm), which would be copied into each daemon at its first event.
+    now_us = time.time_ns() // 1000
+    request.envelope.timestamp.seconds = now_us // 1_000_000
+    request.envelope.timestamp.nanos = now_us % 1_000_000 * 1000
     request.envelope.namespace = namespace
     request.envelope.topic = topic
     request.envelope.event.type_url = event.DESCRIPTOR.full_name

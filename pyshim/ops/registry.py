@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from _json import encode_basestring_ascii  # json.dumps' own string encoder (C)
 from dataclasses import dataclass
 
 RUN_DIR_VARIABLE = "PYSHIM_RUN_DIR"
@@ -42,9 +43,21 @@ class ShimEntry:
     path: str = ""  # the entry's own file
 
     def to_json(self) -> str:
-        fields = {name: getattr(self, name) for name in (
-            "pid", "socket", "namespace", "id", "address", "bundle", "started_at_ns")}
-        return json.dumps(fields, sort_keys=True)
+        return entry_json(self.pid, self.socket, self.namespace, self.id, self.address,
+                          self.bundle, self.started_at_ns)
+
+
+def entry_json(pid: int, socket: str, namespace: str, shim_id: str, address: str, bundle: str,
+               started_at_ns: int) -> str:
+    """What `json.dumps(fields, sort_keys=True)` gives for an entry, formatted directly: the
+    daemon writes it at start-up, and json.dumps' encoder (Python code, run nowhere else in a
+    daemon) would copy its code and objects into every daemon."""
+    return (f'{{"address": {encode_basestring_ascii(address)}, '
+            f'"bundle": {encode_basestring_ascii(bundle)}, '
+            f'"id": {encode_basestring_ascii(shim_id)}, '
+            f'"namespace": {encode_basestring_ascii(namespace)}, "pid": {int(pid)}, '
+            f'"socket": {encode_basestring_ascii(socket)}, '
+            f'"started_at_ns": {int(started_at_ns)}}}')
 
 
 def entry_path(socket_path: str) -> str:
@@ -55,11 +68,23 @@ def entry_path(socket_path: str) -> str:
 def register(entry: ShimEntry) -> str:
     """Write the entry (atomically: a reader sees all of it or nothing); returns its path."""
     directory = registry_dir()
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # Plain system calls on the usual path (directory there): every daemon runs this once, and
+    # each Python function it runs is copied into that daemon's private memory.
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
     path = entry_path(entry.socket.removeprefix("unix://"))
     temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(entry.to_json())
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        data = entry.to_json().encode()
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
     os.replace(temporary, path)
     return path
 

@@ -40,8 +40,9 @@ logging.getLogger("pyshim").setLevel(logging.INFO)
 
 # What a daemon would otherwise import on first use, each import running importlib's Python
 # code in every daemon (~250 KiB of private pages together): `resource` (os.wait4, the
-# reaper's, imports it at its first call for its rusage) and the ascii codec (bundle.read_pid
-# opens the pid file with encoding="ascii"; the lookup is cached for the process).
+# reaper's, imports it at its first call for its rusage) and the ascii codec (any text file
+# opened with encoding="ascii"; bundle.read_pid now decodes bytes, which needs no lookup; the
+# lookup is cached for the process).
 codecs.lookup("ascii")
 
 #: The Task service's methods (v2, and the same handlers as v3), looked up at import: in the
@@ -79,8 +80,10 @@ class _NonBlockingStream:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.dropped = 0
+
+    def set_nonblocking(self) -> None:
         with contextlib.suppress(OSError):
-            os.set_blocking(fd, False)
+            os.set_blocking(self.fd, False)
 
     def write(self, text: str) -> int:
         try:
@@ -93,12 +96,23 @@ class _NonBlockingStream:
         pass
 
 
+#: The daemon's log handler, stream and formatter, made here, at import (in the fork-server,
+#: which never installs them): a daemon only fills in its fields and installs them, instead
+#: of each running logging's Handler and Formatter set-up code. fd 2 is the bundle's log FIFO
+#: once the daemon has detached (daemonize.detach_stdio).
+_LOG_STREAM = _NonBlockingStream(2)
+_LOG_FORMATTER = logfmt.LogfmtFormatter()
+_LOG_HANDLER = logging.StreamHandler(_LOG_STREAM)
+_LOG_HANDLER.setFormatter(_LOG_FORMATTER)
+
+
 def configure_logging(config: DaemonConfig) -> None:
-    logfmt.configure(
-        _NonBlockingStream(2),  # type: ignore[arg-type]
-        level=logging.DEBUG if config.debug else logging.INFO,
-        fields={"namespace": config.namespace, "runtime": RUNTIME_NAME, "pid": os.getpid()},
-    )
+    """What logfmt.configure(non-blocking fd 2, level, fields) does, with the objects above."""
+    _LOG_STREAM.set_nonblocking()
+    _LOG_FORMATTER.fields.clear()
+    _LOG_FORMATTER.fields.update(
+        namespace=config.namespace, runtime=RUNTIME_NAME, pid=os.getpid())
+    logfmt.install(_LOG_HANDLER, level=logging.DEBUG if config.debug else logging.INFO)
 
 
 def become_subreaper() -> None:

@@ -23,6 +23,7 @@ import struct
 import sys
 import time
 
+from pyshim import environ_table
 from pyshim.shim import forkclient
 from pyshim.shim import forkserver_files as files
 from pyshim.shim.daemonize import become_daemon
@@ -82,6 +83,7 @@ def main(argv: list[str]) -> int:
         _own_fds[:] = [lock, listener.fileno()]
         for module in PRELOAD:
             __import__(module)
+        _argv_area[:] = [argv_area()]
         # Objects that exist now are shared with every child; frozen, no collection ever
         # writes to their pages (which would copy them into each child).
         gc.collect()
@@ -259,8 +261,8 @@ def _become_daemon(
     listener_fd: int,
     log_fd: int,
 ) -> int:
-    os.environ.clear()
-    os.environ.update(environment)
+    # Not os.environ.clear() + update(): see environ_table.
+    environ_table.replace(environment)
     os.chdir(config.bundle)
     # What ps shows: the shim it now is, not the fork-server it was.
     set_command_line(f"containerd-shim-pyshim-v1 -namespace {config.namespace} "
@@ -300,6 +302,19 @@ def mark_mergeable() -> int:
     return offered
 
 
+def argv_area() -> tuple[int, int]:
+    """Where our argv is ([start, end) addresses, as /proc/PID/cmdline reads it): fixed for
+    the process's life and the same in its forked children."""
+    with open("/proc/self/stat", "rb") as stat_file:
+        stat = stat_file.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+
+
+#: The fork-server's argv area, read before it forks (see main): a daemon only writes it.
+_argv_area: list[tuple[int, int]] = []
+
+
 def set_command_line(title: str) -> None:
     """Overwrite our argv memory (what /proc/PID/cmdline shows) with `title`, cut to fit.
 
@@ -308,10 +323,7 @@ def set_command_line(title: str) -> None:
     area is spaces, not NULs, and the last byte is not a NUL: the kernel then shows the title
     up to its NUL (the setproctitle convention) instead of a tail of empty arguments.
     """
-    with open("/proc/self/stat", "rb") as stat_file:
-        stat = stat_file.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    start, end = _argv_area[0] if _argv_area else argv_area()
     size = end - start
     data = title.encode()[: size - 2] + b"\0"
     ctypes.memmove(start, data + b" " * (size - len(data)), size)

@@ -23,13 +23,18 @@ from pyshim.protos.pyshim.introspect.v1 import introspect_pb2
 from pyshim.shim import stacks
 from pyshim.shim.start import DaemonConfig
 from pyshim.task_service import TaskService
-from pyshim.ttrpc import CallContext, Service, service_from_descriptor
+from pyshim.ttrpc import CallContext, Service, bind, method_specs
 
 log = logging.getLogger("pyshim.introspect")
 
 DEBUG_SIGNAL = signal.SIGUSR1
 #: Where the daemon's log goes (the bundle's `log` FIFO, see daemonize.detach_stdio).
 LOG_FD = 2
+
+_SERVICE = introspect_pb2.DESCRIPTOR.services_by_name["Introspect"]
+#: The service's methods, looked up at import (in the fork-server, once): a daemon only binds
+#: them, instead of each running the descriptor walk, message-class lookups and snake_case.
+INTROSPECT_METHODS = (_SERVICE.full_name, method_specs(_SERVICE))
 
 
 class Introspect:
@@ -42,8 +47,8 @@ class Introspect:
         self._dumps: set[asyncio.Task[bool]] = set()
 
     def service(self) -> Service:
-        descriptor = introspect_pb2.DESCRIPTOR.services_by_name["Introspect"]
-        return service_from_descriptor(descriptor, self)
+        name, specs = INTROSPECT_METHODS
+        return bind(specs, self, name)
 
     # ------------------------------------------------------------------------ Describe
 

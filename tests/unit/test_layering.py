@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pyshim"
 ENGINE = (
     "pyshim.errors", "pyshim.process", "pyshim.runtime", "pyshim.reaper", "pyshim.io",
     "pyshim.logs", "pyshim.mount", "pyshim.umount", "pyshim.cgroups", "pyshim.oom",
-    "pyshim.bundle", "pyshim.jsonlite",
+    "pyshim.bundle", "pyshim.jsonlite", "pyshim.environ_table",
 )
 # What it must never reach, named for the message (everything outside ENGINE is refused).
 FRONT_ENDS = ("pyshim.ttrpc", "pyshim.protos", "pyshim.shim", "pyshim.task_service",

@@ -1,0 +1,51 @@
+"""environ_table: the same results as os.environ's own methods."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from pyshim import environ_table
+
+
+@pytest.fixture
+def saved_environment() -> Iterator[None]:
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.usefixtures("saved_environment")
+def test_replaces_python_and_c_environment() -> None:
+    os.environ["PYSHIM_TEST_STALE"] = "old"
+    wanted = {"PATH": "/bin:/usr/bin", "PYSHIM_TEST_NEW": "nouveau \u00e9", "EMPTY": "",
+              "RAW": "bad\udcff"}
+    environ_table.replace(wanted)
+    assert dict(os.environ) == wanted
+    assert os.getenv("PYSHIM_TEST_STALE") is None
+    assert os.environ["PYSHIM_TEST_NEW"] == "nouveau \u00e9"
+    # The C environment, as a child started without env= sees it: as after clear() + update()
+    # (both remove only the variables os.environ knows).
+    replaced = _child_environment()
+    os.environ.clear()
+    os.environ.update(wanted)
+    assert replaced == _child_environment()
+    assert f"PYSHIM_TEST_NEW={wanted['PYSHIM_TEST_NEW']}".encode() in replaced
+
+
+def _child_environment() -> list[bytes]:
+    shown = subprocess.run(["/usr/bin/env"], capture_output=True, check=True).stdout
+    return sorted(shown.splitlines())
+
+
+@pytest.mark.usefixtures("saved_environment")
+def test_copy_without() -> None:
+    os.environ["NOTIFY_SOCKET"] = "/run/notify"
+    os.environ["PYSHIM_TEST_ODD"] = "odd \udcff \u00e9"
+    assert environ_table.copy_without("NOTIFY_SOCKET") == {
+        key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+    assert "PYSHIM_TEST_ODD" in environ_table.copy_without("NOTIFY_SOCKET")
