@@ -52,6 +52,7 @@ from typing import IO, Any
 
 import psutil
 
+from pyshim.ops import registry
 from pyshim.shim import forkclient
 
 #: The subreaper wrapper started in front of containerd.
@@ -733,6 +734,7 @@ class PrivateContainerd:
         self._unmount_all(errors)
         self._remove_shim_sockets(errors)
         self._remove_forkserver_files()
+        self._remove_shim_registrations(errors)
         for fifo_dir in fifo_dirs:
             shutil.rmtree(fifo_dir, ignore_errors=True)
         self._remove_new_empty_dirs()
@@ -794,6 +796,27 @@ class PrivateContainerd:
         stem = forkclient.socket_path(str(self.address)).removesuffix(".sock")
         for suffix in (".sock", ".lock", ".log"):
             Path(stem + suffix).unlink(missing_ok=True)
+
+    def _remove_shim_registrations(self, errors: list[str]) -> None:
+        """Registry files (``pyshim ps``'s, under ``$PYSHIM_RUN_DIR/shims``) of this
+        containerd's shims that did not remove their own (a test SIGKILLed them): those whose
+        bundle lies below ``base_dir``. Other containerds' files stay."""
+        directory = Path(self.env.get(registry.RUN_DIR_VARIABLE) or registry.DEFAULT_RUN_DIR)
+        prefix = str(self.base_dir) + "/"
+        try:
+            entries = sorted((directory / "shims").glob("*.json"))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                bundle = json.loads(entry.read_bytes()).get("bundle", "")
+            except (OSError, ValueError):
+                continue  # being written or removed by its shim, or not ours to judge
+            if isinstance(bundle, str) and bundle.startswith(prefix):
+                try:
+                    entry.unlink(missing_ok=True)
+                except OSError as error:
+                    errors.append(f"removing shim registration {entry}: {error!r}")
 
     def _remove_shim_sockets(self, errors: list[str]) -> None:
         """Remove sockets in /run/containerd/s that appeared since start and nobody serves.
