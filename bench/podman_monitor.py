@@ -34,7 +34,9 @@ class ColdPodman(PrivatePodman):
         tables = super().containers_conf()
         variables = tables["engine"]["conmon_env_vars"]
         assert isinstance(variables, list)
-        tables["engine"]["conmon_env_vars"] = [*variables, "PYSHIM_CONMON_SERVER=0"]
+        tables["engine"]["conmon_env_vars"] = [
+            *(item for item in variables if not str(item).startswith("PYSHIM_CONMON_SERVER=")),
+            "PYSHIM_CONMON_SERVER=0"]
         return tables
 
 

@@ -59,17 +59,16 @@ class BenchPodman(PrivatePodman):
         self.name = name
         self.exchange = self.base_dir / "x"  # bind-mounted into throughput containers
 
-    @property
-    def server_socket(self) -> Path:
-        return self.base_dir / "srv" / "monitor.sock"
-
     def containers_conf(self) -> dict[str, dict[str, TomlValue]]:
         tables = super().containers_conf()
         if self.name != "conmon":
             variables = tables["engine"]["conmon_env_vars"]
             assert isinstance(variables, list)
-            server = str(self.server_socket) if self.name == "pyshim" else "0"
-            tables["engine"]["conmon_env_vars"] = [*variables, f"PYSHIM_CONMON_SERVER={server}"]
+            if self.name != "pyshim":  # pyshim-cold: no server instead of the harness's
+                tables["engine"]["conmon_env_vars"] = [
+                    *(item for item in variables
+                      if not str(item).startswith("PYSHIM_CONMON_SERVER=")),
+                    "PYSHIM_CONMON_SERVER=0"]
         return tables
 
     def monitor_servers(self) -> list[psutil.Process]:
@@ -78,7 +77,8 @@ class BenchPodman(PrivatePodman):
         for process in self.spawner.descendants():
             with contextlib.suppress(psutil.Error):
                 words = process.cmdline()
-                if "pyshim.conmon.server" in " ".join(words) and str(self.server_socket) in words:
+                if ("pyshim.conmon.server" in " ".join(words)
+                        and str(self.monitor_server_socket) in words):
                     found.append(process)
         return found
 

@@ -147,11 +147,19 @@ class PrivatePodman:
             conmon_env_vars=[
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 f"CONTAINERS_STORAGE_CONF={self.storage_conf_path}",
+                # pyshim's warm monitor-server on a socket of this podman's own (not the host's
+                # /run/pyshim/conmon/monitor.sock): it dies with the fixture, files and all.
+                f"PYSHIM_CONMON_SERVER={self.monitor_server_socket}",
             ],
         )
         containers = {**tables.get("containers", {}), "default_ulimits": DEFAULT_ULIMITS}
         network = {**tables.get("network", {}), "network_config_dir": str(self.network_dir)}
         return {**tables, "containers": containers, "network": network, "engine": engine}
+
+    @property
+    def monitor_server_socket(self) -> Path:
+        """Where pyshim-conmon's warm monitor-server of this podman listens (conmon ignores it)."""
+        return self.base_dir / "srv" / "monitor.sock"
 
     def storage_conf(self) -> dict[str, dict[str, TomlValue]]:
         return {"storage": {"driver": "overlay", "graphroot": str(self.graphroot),

@@ -16,7 +16,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pyshim.conmon import handoff
 from tests.e2e.conftest import require_e2e
 from tests.e2e.podman import MONITOR_PATHS, PrivatePodman
 
@@ -47,21 +46,21 @@ def monitor_of(podman: PrivatePodman, container: str) -> psutil.Process:
     return psutil.Process(int(podman.state(container)["ConmonPid"]))
 
 
-def server_listening() -> bool:
-    """A server of this checkout accepts connections (the socket of a dead one refuses)."""
+def server_listening(podman: PrivatePodman) -> bool:
+    """This podman's server accepts connections (the socket of a dead one refuses)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
         try:
-            probe.connect(handoff.DEFAULT_SOCKET)
+            probe.connect(str(podman.monitor_server_socket))
         except OSError:
             return False
     return True
 
 
 def test_a_monitor_from_the_server_outlives_it(podman: PrivatePodman) -> None:
-    # A launch that finds no server (this checkout's server died with an earlier test's
-    # harness) starts one and forks its own monitor; from then on launches hand over.
+    # The first launch finds no server (each private podman has its own socket): it starts
+    # one and forks its own monitor; from then on launches hand over.
     podman.run("run", "--rm", *podman.container_args(), "/bin/true", check=True)
-    podman.wait_until(server_listening, what="a monitor-server listens")
+    podman.wait_until(lambda: server_listening(podman), what="a monitor-server listens")
     container = podman.detached("/bin/sleep", "600")
     monitor = monitor_of(podman, container)
     server = psutil.Process(monitor.ppid())
