@@ -14,6 +14,8 @@ import marshal
 import os
 import sys
 
+from pyshim.codestamp import code_listing
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -47,20 +49,7 @@ def code_stamp() -> str:
     """Identifies the installed code (every module of the package: the monitor runs the
     engine's too): a server running other code than the launcher's exits, and the next
     launcher starts a fresh one. ~0.3 ms."""
-    entries = []
-    pending = [PACKAGE_DIR]
-    while pending:
-        with os.scandir(pending.pop()) as scan:
-            for entry in scan:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name != "__pycache__":
-                        pending.append(entry.path)
-                elif entry.name.endswith((".py", ".so")):
-                    info = entry.stat()
-                    entries.append(f"{entry.path}:{info.st_mtime_ns}:{info.st_size}")
-    entries.sort()
-    entries.append(f"python {sys.hexversion:x}")
-    text = "\n".join(entries).encode()
+    text = code_listing(PACKAGE_DIR)
     # Not a security check (the peer is root, checked by uid): any change changes it.
     return f"{binascii.crc32(text):08x}-{len(text)}"
 

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from pyshim.codestamp import code_listing
 from pyshim.shim.start import DaemonConfig, sha256_hex
 
 #: One fork-server per containerd address lives here: directory 0700, sockets 0600
@@ -44,21 +45,7 @@ def socket_path(containerd_address: str) -> str:
 
 def code_stamp(package_dir: str = PACKAGE_DIR) -> str:
     """Identifies the installed code: any changed, added or removed module changes it."""
-    entries: list[str] = []
-    pending = [package_dir]
-    while pending:
-        directory = pending.pop()
-        with os.scandir(directory) as scan:
-            for entry in scan:
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name != "__pycache__":
-                        pending.append(entry.path)
-                elif entry.name.endswith((".py", ".so")):
-                    info = entry.stat()
-                    entries.append(f"{entry.path}:{info.st_mtime_ns}:{info.st_size}")
-    entries.sort()
-    entries.append(f"python {sys.hexversion:x}")  # the request's marshal format, and pyc
-    return sha256_hex("\n".join(entries).encode())[:16]
+    return sha256_hex(code_listing(package_dir))[:16]
 
 
 def request_daemon(
