@@ -8,9 +8,11 @@ files and the logged output per stream; the monitor's exit status against the ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tomllib
@@ -96,6 +98,7 @@ def run_monitor(program: str, root: Path, words: list[str], payload: str,
             "--exit-dir", str(root / "exits"), "--sync",
             *[word.replace("ROOT", str(root)) for word in words]]
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    process: subprocess.Popen[bytes] | None = None
     env = {**MONITOR_ENV, "PAYLOAD": payload,
            "_OCI_SYNCPIPE": str(child.fileno()), **({"RUNTIME_FAIL": "1"} if fail else {})}
     try:
@@ -114,6 +117,11 @@ def run_monitor(program: str, root: Path, words: list[str], payload: str,
     finally:
         parent.close()
         child.close()
+        if process is not None and process.poll() is None:
+            # Failed before the monitor ended: it and what it started go (by process group).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
     files = {path.name: path.read_text() for path in (root / "exits").iterdir()}
     log: dict[str, bytes] = {"stdout": b"", "stderr": b""}
     if (root / "ctr.log").exists():
