@@ -141,6 +141,52 @@ def mounts_under(directory: Path) -> list[str]:
     return [mount_point for _, _, mount_point in found]
 
 
+def delete_runc_containers(state_files: Iterable[Path], base_dir: Path,
+                           errors: list[str]) -> None:
+    """``runc delete --force`` each container of ``state_files`` (``<root>/<id>/state.json``)
+    whose bundle lies below ``base_dir``, then remove its state directory.
+
+    runc records the bundle as a ``bundle=<path>`` label in ``state.json``; one below
+    ``base_dir`` belongs to the harness that owns ``base_dir``, any other stays.
+    """
+    prefix = "bundle=" + str(base_dir) + "/"
+    for state_file in state_files:
+        try:
+            labels = json.loads(state_file.read_text())["config"].get("labels") or []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if not any(isinstance(label, str) and label.startswith(prefix) for label in labels):
+            continue
+        container = state_file.parent
+        argv = ["runc", "--root", str(container.parent), "delete", "--force", container.name]
+        try:
+            subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True)
+        except (OSError, subprocess.SubprocessError) as error:
+            errors.append(f"{' '.join(argv)}: {error!r}")
+        if container.exists():
+            shutil.rmtree(container, ignore_errors=True)
+
+
+def unmount_all_below(directory: Path, errors: list[str]) -> None:
+    """Unmount every mount point at or below ``directory`` (also stacked mounts), deepest
+    first, ``umount -l`` as a fallback."""
+    for _ in range(10):
+        try:
+            mount_points = mounts_under(directory)
+        except OSError as error:
+            errors.append(f"reading /proc/self/mountinfo: {error!r}")
+            return
+        if not mount_points:
+            return
+        for mount_point in mount_points:
+            result = subprocess.run(
+                ["umount", mount_point], capture_output=True, text=True, check=False
+            )
+            if result.returncode != 0:
+                subprocess.run(["umount", "-l", mount_point], capture_output=True, check=False)
+    errors.append(f"still mounted below {directory}: {mounts_under(directory)}")
+
+
 def cgroup_hierarchies() -> list[Path]:
     """Mount points of every cgroup (v1) and cgroup2 file system, from /proc/self/mountinfo."""
     roots: list[Path] = []
@@ -433,6 +479,24 @@ def _kill_quietly(process: psutil.Process) -> None:
     """SIGKILL ``process`` by PID; psutil refuses if the PID now names another process."""
     with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
         process.kill()
+
+
+def kill_subreaper_tree(subreaper: subprocess.Popen[bytes], errors: list[str],
+                        timeout: float = 10.0) -> None:
+    """SIGKILL, by PID, whatever is (or gets re-parented) below ``subreaper`` until it exits
+    (it does once it has no child left); after ``timeout`` it is killed itself."""
+    deadline = time.monotonic() + timeout
+    while subreaper.poll() is None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for process in psutil.Process(subreaper.pid).children(recursive=True):
+                _kill_quietly(process)
+        if time.monotonic() > deadline:
+            errors.append(f"subreaper {subreaper.pid} did not exit; killing it")
+            subreaper.kill()
+            subreaper.wait()
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subreaper.wait(0.05)
 
 
 class PrivateContainerd:
@@ -728,10 +792,12 @@ class PrivateContainerd:
         for process in snapshot:
             _kill_quietly(process)
         for subreaper in self._subreapers:
-            self._reap_tree(subreaper, errors)
+            kill_subreaper_tree(subreaper, errors)
 
-        self._delete_runc_state(errors)
-        self._unmount_all(errors)
+        for runc_root in self.runc_roots:  # <root>/<namespace>/<id>
+            delete_runc_containers(sorted(runc_root.glob("*/*/state.json")), self.base_dir,
+                                   errors)
+        unmount_all_below(self.base_dir, errors)
         self._remove_shim_sockets(errors)
         self._remove_forkserver_files()
         self._remove_shim_registrations(errors)
@@ -745,21 +811,6 @@ class PrivateContainerd:
                 errors.append(f"removing {self.base_dir}: {error!r}")
         if errors:
             raise ContainerdError("stopping the private containerd:\n" + "\n".join(errors))
-
-    def _reap_tree(self, subreaper: subprocess.Popen[bytes], errors: list[str]) -> None:
-        """SIGKILL whatever is (or gets re-parented) below ``subreaper`` until it exits."""
-        deadline = time.monotonic() + 10.0
-        while subreaper.poll() is None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                for process in psutil.Process(subreaper.pid).children(recursive=True):
-                    _kill_quietly(process)
-            if time.monotonic() > deadline:
-                errors.append(f"subreaper {subreaper.pid} did not exit; killing it")
-                subreaper.kill()
-                subreaper.wait()
-                return
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                subreaper.wait(0.05)
 
     # -------------------------------------------------------------------- cleanup helpers
 
@@ -849,59 +900,6 @@ class PrivateContainerd:
                 path.unlink(missing_ok=True)
             except OSError as error:
                 errors.append(f"removing shim socket {path}: {error!r}")
-
-    def _delete_runc_state(self, errors: list[str]) -> None:
-        """``runc delete --force`` every container in the runc roots whose bundle is ours.
-
-        runc records the bundle as a ``bundle=<path>`` label in ``<root>/<id>/state.json``; a
-        bundle below ``base_dir`` belongs to this containerd (its ``state`` directory). This
-        also removes the container's cgroups. Only needed when a test left containers behind.
-        """
-        prefix = str(self.base_dir) + "/"
-        for runc_root in self.runc_roots:
-            for state_file in sorted(runc_root.glob("*/*/state.json")):
-                try:
-                    labels = json.loads(state_file.read_text())["config"].get("labels") or []
-                except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                    continue
-                if not any(
-                    isinstance(label, str) and label.startswith("bundle=" + prefix)
-                    for label in labels
-                ):
-                    continue
-                container = state_file.parent
-                argv = [
-                    "runc",
-                    "--root",
-                    str(container.parent),
-                    "delete",
-                    "--force",
-                    container.name,
-                ]
-                try:
-                    subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True)
-                except (OSError, subprocess.SubprocessError) as error:
-                    errors.append(f"{' '.join(argv)}: {error!r}")
-                if container.exists():
-                    shutil.rmtree(container, ignore_errors=True)
-
-    def _unmount_all(self, errors: list[str]) -> None:
-        """Unmount every mount point at or below ``base_dir`` (also stacked mounts)."""
-        for _ in range(10):
-            try:
-                mount_points = mounts_under(self.base_dir)
-            except OSError as error:
-                errors.append(f"reading /proc/self/mountinfo: {error!r}")
-                return
-            if not mount_points:
-                return
-            for mount_point in mount_points:
-                result = subprocess.run(
-                    ["umount", mount_point], capture_output=True, text=True, check=False
-                )
-                if result.returncode != 0:
-                    subprocess.run(["umount", "-l", mount_point], capture_output=True, check=False)
-        errors.append(f"still mounted below {self.base_dir}: {mounts_under(self.base_dir)}")
 
     # --------------------------------------------------------------------------- clients
 

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import tomllib
@@ -26,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.containerd import cgroup_hierarchies, make_busybox_rootfs, mounts_under
+from tests.e2e.containerd import (
+    cgroup_hierarchies,
+    delete_runc_containers,
+    make_busybox_rootfs,
+    unmount_all_below,
+)
 from tests.e2e.spawning import Spawned, SpawnServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,8 +210,9 @@ class PrivatePodman:
             with contextlib.suppress(Exception):
                 self.run("rm", "--all", "--force", "--time", "0", timeout=60)
         self.spawner.stop(errors)
-        self._delete_runc_state(errors)
-        self._unmount_all(errors)
+        delete_runc_containers(sorted(PODMAN_RUNC_ROOT.glob("*/state.json")), self.base_dir,
+                               errors)
+        unmount_all_below(self.base_dir, errors)
         self._remove_cgroups(errors)
         if self.base_dir.exists():
             try:
@@ -222,31 +227,6 @@ class PrivatePodman:
             return {path.name for path in (self.graphroot / "overlay-containers").iterdir()
                     if len(path.name) == 64}
         return set()
-
-    def _delete_runc_state(self, errors: list[str]) -> None:
-        prefix = f"bundle={self.base_dir}/"
-        for state_file in sorted(PODMAN_RUNC_ROOT.glob("*/state.json")):
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
-                labels = json.loads(state_file.read_text())["config"].get("labels") or []
-                if not any(str(label).startswith(prefix) for label in labels):
-                    continue
-                container = state_file.parent.name
-                result = subprocess.run(
-                    ["runc", "delete", "--force", container], capture_output=True, text=True,
-                    timeout=30, check=False,
-                )
-                if result.returncode != 0:
-                    errors.append(f"runc delete --force {container}: {result.stderr.strip()}")
-
-    def _unmount_all(self, errors: list[str]) -> None:
-        for _ in range(10):
-            mount_points = mounts_under(self.base_dir)
-            if not mount_points:
-                return
-            for mount_point in mount_points:
-                if subprocess.run(["umount", mount_point], capture_output=True).returncode:
-                    subprocess.run(["umount", "-l", mount_point], capture_output=True)
-        errors.append(f"still mounted below {self.base_dir}: {mounts_under(self.base_dir)}")
 
     def _remove_cgroups(self, errors: list[str]) -> None:
         """rmdir ``libpod_parent/libpod-<id>`` of our containers (``libpod_parent`` and its

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from tests.e2e.containerd import SUBREAPER
+from tests.e2e.containerd import SUBREAPER, kill_subreaper_tree
 
 SPAWNER = Path(__file__).with_name("spawner.py")
 
@@ -176,16 +176,5 @@ class SpawnServer:
         subreaper = self._subreaper
         if subreaper is None:
             return
-        deadline = time.monotonic() + 20.0
-        while subreaper.poll() is None:
-            for process in self.descendants():
-                with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
-                    process.kill()
-            if time.monotonic() > deadline:
-                errors.append(f"subreaper {subreaper.pid} did not exit; killing it")
-                subreaper.kill()
-                subreaper.wait()
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                subreaper.wait(0.05)
+        kill_subreaper_tree(subreaper, errors, timeout=20.0)
         self.socket_path.unlink(missing_ok=True)
