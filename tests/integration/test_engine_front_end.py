@@ -11,14 +11,12 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import prctl
 import pytest
-import uvloop
 
 from pyshim import errors
 from pyshim.io import PipeIO, StdioConfig
@@ -26,6 +24,7 @@ from pyshim.io.pipes import open_file_target
 from pyshim.process import Container, ContainerConfig, ExitRecord, Process
 from pyshim.reaper import Reaper
 from pyshim.runtime import RuntimeConfig
+from tests.integration.test_reaper_io import with_reaper
 
 FAKE_RUNTIME = str(Path(__file__).parent / "fake" / "oci_runtime.py")
 T = TypeVar("T")
@@ -113,20 +112,6 @@ def runtime_cwds(workdir: Path) -> list[str]:
 
 def _logged(workdir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (workdir / "argv.log").read_text().splitlines()]
-
-
-def with_reaper(scenario: Callable[[Reaper], Awaitable[T]]) -> T:
-    async def main() -> T:
-        reaper = Reaper()
-        reaper.install(asyncio.get_running_loop())
-        prctl.set_child_subreaper(1)
-        try:
-            return await asyncio.wait_for(scenario(reaper), 30)
-        finally:
-            prctl.set_child_subreaper(0)
-            reaper.uninstall()
-
-    return uvloop.run(main())
 
 
 def conmon_like_config(workdir: Path, **changes: Any) -> ContainerConfig:
