@@ -19,6 +19,7 @@ from pyshim.io.base import ProcessIO
 from pyshim.io.console import ConsoleSocket
 from pyshim.io.fanin import StdinWriter
 from pyshim.io.fanout import Fanout, OutputPump
+from pyshim.io.stdio_pipes import StdioPipes
 from pyshim.runtime import Stdio
 
 #: conmon waits for the runtime to connect to its console socket as long as the runtime runs;
@@ -40,40 +41,28 @@ class MonitorIO(ProcessIO):
         self.sizer = sizer
         self.master: int | None = None
         self._pumps: list[OutputPump] = []
-        self._ours: dict[str, int] = {}
-        self._theirs: dict[str, int] = {}
         self._console: ConsoleSocket | None = None
-        if passthrough:
-            return
-        try:
-            if terminal:
+        piped = not passthrough and not terminal
+        self._pipes = StdioPipes(stdin=piped and stdin is not None, stdout=piped,
+                                 stderr=not passthrough)
+        if terminal and not passthrough:
+            try:
                 self._console = ConsoleSocket()
-            else:
-                if stdin is not None:
-                    read, write = os.pipe2(os.O_CLOEXEC)
-                    self._theirs["stdin"], self._ours["stdin"] = read, write
-                read, write = os.pipe2(os.O_CLOEXEC)
-                self._ours["stdout"], self._theirs["stdout"] = read, write
-            read, write = os.pipe2(os.O_CLOEXEC)
-            self._ours["stderr"], self._theirs["stderr"] = read, write
-        except BaseException:
-            self._close_fds()
-            raise
+            except BaseException:
+                self._pipes.close()
+                raise
 
     def runtime_stdio(self) -> Stdio:
         if self.passthrough:
             return Stdio(0, 1, 2)
-        return Stdio(self._theirs.get("stdin"), self._theirs.get("stdout"),
-                     self._theirs.get("stderr"))
+        return self._pipes.runtime_stdio()
 
     @property
     def console_socket(self) -> str | None:
         return self._console.path if self._console is not None else None
 
     async def start(self) -> None:
-        for fd in self._theirs.values():
-            os.close(fd)
-        self._theirs.clear()
+        self._pipes.close_theirs()
         if self.passthrough:
             return
         if self._console is not None:
@@ -90,9 +79,9 @@ class MonitorIO(ProcessIO):
             self._pump(os.dup(master), "stdout")
         else:
             if self.stdin is not None:
-                self.stdin.set_target(self._ours.pop("stdin"))
-            self._pump(self._ours.pop("stdout"), "stdout")
-        self._pump(self._ours.pop("stderr"), "stderr")
+                self.stdin.set_target(self._pipes.take("stdin"))
+            self._pump(self._pipes.take("stdout"), "stdout")
+        self._pump(self._pipes.take("stderr"), "stderr")
 
     def _pump(self, fd: int, stream: str) -> None:
         pump = OutputPump(fd, stream, self.fanout, name=stream)
@@ -100,17 +89,9 @@ class MonitorIO(ProcessIO):
         pump.start()
 
     def unread_stderr(self, limit: int = 8191) -> bytes:
-        fd = self._ours.get("stderr")
-        if fd is None:
-            return b""
         # The runtime has exited: its write end (and the container's) are ours only now.
-        with contextlib.suppress(KeyError, OSError):
-            os.close(self._theirs.pop("stderr"))
-        try:
-            os.set_blocking(fd, False)
-            return os.read(fd, limit)
-        except OSError:
-            return b""
+        self._pipes.close_theirs("stderr")
+        return self._pipes.unread_stderr(limit)
 
     async def wait_output(self) -> None:
         await asyncio.gather(*(pump.drained() for pump in self._pumps))
@@ -138,14 +119,7 @@ class MonitorIO(ProcessIO):
             with contextlib.suppress(OSError):
                 os.close(self.master)
             self.master = None
-        self._close_fds()
-
-    def _close_fds(self) -> None:
-        for fd in (*self._ours.values(), *self._theirs.values()):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._ours.clear()
-        self._theirs.clear()
+        self._pipes.close()
 
 
 def _set_onlcr(master: int) -> None:

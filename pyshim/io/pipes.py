@@ -16,6 +16,7 @@ from pyshim.io.fifo import InputSource, OutputTarget, open_input, open_output
 from pyshim.io.log_relay import LogRelay, LogSink
 from pyshim.io.relay import Relay
 from pyshim.io.spool import Spool
+from pyshim.io.stdio_pipes import StdioPipes
 from pyshim.runtime import Stdio
 
 
@@ -37,41 +38,35 @@ class PipeIO(ProcessIO):
         self._name = name
         self._relays: dict[str, Relay | LogRelay] = {}
         # Our ends, relayed once started; the container's ends, closed once runc has them.
-        self._ours: dict[str, int] = {}
-        self._theirs: dict[str, int] = {}
+        self._pipes: StdioPipes | None = None
         try:
-            if stdin is not None:
-                read, write = os.pipe2(os.O_CLOEXEC)
-                self._theirs["stdin"], self._ours["stdin"] = read, write
-            for stream, target in self._outputs.items():
-                if target is not None:
-                    read, write = os.pipe2(os.O_CLOEXEC)
-                    self._ours[stream], self._theirs[stream] = read, write
+            self._pipes = StdioPipes(stdin=stdin is not None, stdout=stdout is not None,
+                                     stderr=stderr is not None)
             if uid != -1 or gid != -1:
-                for fd in self._theirs.values():
-                    os.fchown(fd, uid, gid)
+                self._pipes.chown(uid, gid)
         except BaseException:
             self._close_everything()
             raise
 
+    @property
+    def pipes(self) -> StdioPipes:
+        assert self._pipes is not None
+        return self._pipes
+
     def runtime_stdio(self) -> Stdio:
-        return Stdio(
-            self._theirs.get("stdin"), self._theirs.get("stdout"), self._theirs.get("stderr")
-        )
+        return self.pipes.runtime_stdio()
 
     async def start(self) -> None:
-        for fd in self._theirs.values():
-            os.close(fd)
-        self._theirs.clear()
+        self.pipes.close_theirs()
         if self._stdin_source is not None:
             # The FIFO fd belongs to the InputSource; our pipe end is closed at EOF so the
             # container sees EOF too.
-            self._start_relay("stdin", Relay(self._stdin_source.fd, self._ours.pop("stdin"),
+            self._start_relay("stdin", Relay(self._stdin_source.fd, self.pipes.take("stdin"),
                                              name=f"{self._name} stdin", close_src=False))
         for stream, target in self._outputs.items():
             if target is None:
                 continue
-            src = self._ours.pop(stream)
+            src = self.pipes.take(stream)
             if isinstance(target, LogSink):
                 self._start_relay(stream, LogRelay(src, target, name=f"{self._name} {stream} log"))
             else:
@@ -81,14 +76,7 @@ class PipeIO(ProcessIO):
                                                 spool=target.spool))
 
     def unread_stderr(self, limit: int = 8191) -> bytes:
-        fd = self._ours.get("stderr")
-        if fd is None:
-            return b""
-        try:
-            os.set_blocking(fd, False)
-            return os.read(fd, limit)
-        except OSError:  # nothing there (EAGAIN), or the pipe is unusable
-            return b""
+        return self.pipes.unread_stderr(limit)
 
     def _start_relay(self, stream: str, relay: Relay | LogRelay) -> None:
         self._relays[stream] = relay
@@ -120,11 +108,8 @@ class PipeIO(ProcessIO):
         self._close_everything()
 
     def _close_everything(self) -> None:
-        for fd in (*self._ours.values(), *self._theirs.values()):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._ours.clear()
-        self._theirs.clear()
+        if self._pipes is not None:
+            self._pipes.close()
         if self._stdin_source is not None:
             self._stdin_source.close()
         for target in self._outputs.values():
