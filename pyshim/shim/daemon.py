@@ -117,7 +117,11 @@ def configure_logging(config: DaemonConfig) -> None:
 
 def become_subreaper() -> None:
     """Container processes whose parent (runc) exits are re-parented to us, so we see them."""
-    if _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    set_subreaper(True)
+
+
+def set_subreaper(on: bool) -> None:
+    if _prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
 

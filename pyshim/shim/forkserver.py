@@ -83,6 +83,10 @@ def main(argv: list[str]) -> int:
         _own_fds[:] = [lock, listener.fileno()]
         for module in PRELOAD:
             __import__(module)
+        from pyshim.shim import rehearsal  # after PRELOAD: it needs the daemon's modules
+
+        if rehearsal.enabled():
+            rehearsal.rehearse(os.path.dirname(path))
         _argv_area[:] = [argv_area()]
         # Objects that exist now are shared with every child; frozen, no collection ever
         # writes to their pages (which would copy them into each child).
