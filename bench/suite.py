@@ -425,9 +425,12 @@ def conmon_phase(args: argparse.Namespace, results: Results) -> None:
 def build_rows(args: argparse.Namespace, results: Results) -> list[Row]:
     rows: list[Row] = []
     largest = f"N={args.counts[-1]}"
-    pss_target = Target(f"≤ {PSS_TARGET_MIB} MiB", PSS_TARGET_MIB, on_ratio=False)
+    # Issue 14: at or below the Go shim without KSM; with KSM at most PSS_TARGET_MIB.
+    ksm_target = Target(f"≤ {PSS_TARGET_MIB} MiB", PSS_TARGET_MIB, on_ratio=False)
+    plain_target = Target("ratio ≤ 1.00", 1.00)
     for group, per_config in results.memory.items():
         is_target = group.startswith(f"{largest}") and args.counts[-1] >= 50
+        pss_target = ksm_target if "KSM" in group else plain_target
         pss = {name: values[0] / MIB_KIB for name, values in per_config.items()}
         rss = {name: values[1] / MIB_KIB for name, values in per_config.items()}
         rows.append(single_row(f"shim PSS per container, {group}", "MiB", 2, pss,
@@ -444,13 +447,13 @@ def build_rows(args: argparse.Namespace, results: Results) -> list[Row]:
     if any(results.latency.values()):
         rows += [
             series_row("`ctr run -d` sleep (create+start)", "ms", 1, latency("run_d_ms"),
-                       Target("ratio ≤ 1.00", 1.00), chart="ctr run -d"),
+                       Target("ratio ≤ 1.05", 1.05), chart="ctr run -d"),
             series_row("`ctr run --rm` /bin/true", "ms", 1, latency("run_rm_ms"),
                        Target("ratio ≤ 1.05", 1.05), chart="ctr run --rm"),
             series_row("`ctr task exec` /bin/true", "ms", 1, latency("exec_ms"),
                        Target("ratio ≤ 1.00", 1.00), chart="ctr task exec"),
             series_row("exit detection (SIGKILL → /tasks/exit read)", "ms", 2,
-                       latency("exit_ms"), Target("≤ 2.0 ms", 2.0, on_ratio=False),
+                       latency("exit_ms"), Target("ratio ≤ 1.00 (below runc-v2)", 1.00),
                        chart="exit detection"),
         ]
     if any(results.relay.values()):

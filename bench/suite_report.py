@@ -187,7 +187,7 @@ def draw_chart(rows: Sequence[Row], memory: dict[str, dict[str, float]], pss_tar
                 top = max(top, value)
                 right.text(x, value, f"{value:.1f}", ha="center", va="bottom", fontsize=7)
     right.axhline(pss_target_mib, color="red", linewidth=1.5, linestyle="--",
-                  label=f"target {pss_target_mib} MiB (N=50)")
+                  label=f"target {pss_target_mib} MiB (N=50 with KSM)")
     right.set_xticks(range(len(groups)), groups, fontsize=8)
     right.set_ylabel("shim PSS per container (MiB)")
     if top > 20 * pss_target_mib:
