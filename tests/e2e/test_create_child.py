@@ -1,0 +1,119 @@
+"""Create through the containerd front end, its one-shot work in a child the daemon forks for
+it (pyshim/process/oneshot.py; on by default), with real runc: a Create whose caller gave up
+is still completed and recorded, the init ends up the daemon's child, and the create child is
+gone. pyshim only (runc-v2 has no such child).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+from google.protobuf import any_pb2, empty_pb2
+
+from pyshim.protos.containerd.runc.v1 import options_pb2
+from pyshim.protos.containerd.task.v2 import shim_pb2
+from pyshim.protos.containerd.types.task import task_pb2
+from pyshim.ttrpc import Client
+from tests.e2e.conftest import (
+    PYSHIM_RUNTIME,
+    assert_no_leftovers,
+    call_shim,
+    oci_spec,
+    remove_container,
+    shim_address,
+    unique_id,
+    wait_until,
+    write_spec,
+)
+from tests.e2e.containerd import PrivateContainerd
+from tests.e2e.test_survive_calls import (
+    RUNC_ROOT,
+    call,
+    interrupted,
+    kill_and_delete,
+    run,
+    runc_state,
+    shim_state,
+    start_sleeper,
+)
+
+
+def slow_runc(directory: Path) -> Path:
+    """A runc wrapper whose `create` waits a second first: long enough for its caller to
+    have given up before it is done."""
+    real = shutil.which("runc")
+    assert real is not None
+    wrapper = directory / "runc-slow-create"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'for arg in "$@"; do [ "$arg" = create ] && sleep 1; done\n'
+        f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_a_create_whose_caller_left_is_completed_and_its_init_is_the_daemons_child(
+    shim_containerd: PrivateContainerd, busybox_rootfs: Path
+) -> None:
+    cid = unique_id("oneshot")
+    other = unique_id("oneshot-other")
+    bundle = shim_containerd.base_dir / f"bundle-{other}"
+    bundle.mkdir()
+    write_spec(bundle / "config.json",
+               oci_spec(shim_containerd, busybox_rootfs, ["/bin/sleep", "1000"],
+                        container_id=other))
+    options = options_pb2.Options(binary_name=str(slow_runc(bundle)))
+    request = shim_pb2.CreateTaskRequest(id=other, bundle=str(bundle), options=any_pb2.Any(
+        type_url="containerd.runc.v1.Options", value=options.SerializeToString()))
+    try:
+        first_init = start_sleeper(shim_containerd, PYSHIM_RUNTIME, busybox_rootfs, cid)
+        address = shim_address(shim_containerd, cid)
+
+        async def connect(client: Client) -> int:
+            reply = await call(client, "Connect", shim_pb2.ConnectRequest(id=cid),
+                               shim_pb2.ConnectResponse)
+            return int(reply.shim_pid)
+
+        shim_pid = call_shim(address, connect)
+        seen = run(interrupted(address, "deadline", "Create", request,
+                               shim_pb2.CreateTaskResponse))
+        assert seen == "deadline exceeded"
+
+        created: list[Any] = []
+
+        def is_created() -> bool:
+            state = run(shim_state(address, other))
+            created[:] = [state]
+            return state is not None and state.status == task_pb2.CREATED
+
+        wait_until(is_created, what=f"{other} created although its caller left")
+        init = created[0].pid
+        runc = runc_state(other)
+        assert runc is not None and runc["pid"] == init and runc["status"] == "created"
+        assert psutil.Process(init).ppid() == shim_pid  # re-parented when runc exited
+        # The create child (and runc) are gone: the daemon's children are the two inits.
+        wait_until(lambda: {child.pid for child in psutil.Process(shim_pid).children()}
+                   == {first_init, init}, what="only the inits left as the daemon's children")
+        assert (bundle / "options.json").exists()  # written by the create child
+
+        async def start_kill_delete(client: Client) -> None:
+            await call(client, "Start", shim_pb2.StartRequest(id=other), shim_pb2.StartResponse)
+            await call(client, "Kill", shim_pb2.KillRequest(id=other, signal=signal.SIGKILL),
+                       empty_pb2.Empty)
+            await call(client, "Wait", shim_pb2.WaitRequest(id=other), shim_pb2.WaitResponse)
+            await call(client, "Delete", shim_pb2.DeleteRequest(id=other),
+                       shim_pb2.DeleteResponse)
+
+        call_shim(address, start_kill_delete)
+        assert run(shim_state(address, other)) is None and runc_state(other) is None
+        kill_and_delete(shim_containerd, cid)
+    finally:
+        remove_container(shim_containerd, cid)
+        subprocess.run(["runc", "--root", str(RUNC_ROOT), "delete", "--force", other],
+                       capture_output=True, check=False)
+    assert_no_leftovers(shim_containerd, [cid, other])
