@@ -174,14 +174,9 @@ class Container(ExitReporting, ExecManagement):
             io = await open_io(stdio, self.io_context(None), self.id, None)
         self.init = InitProcess(self, self.id, stdio, io)
         since = self.reaper.sequence
-        config = self.config.runtime
         job = oneshot.CreateJob(
             container_id=self.id, bundle=self.bundle, rootfs_path=self.rootfs_path,
-            mounts=rootfs, pid_file=self.files.pid_file(None), stdio=io.runtime_stdio(),
-            argv=self.runtime.create_argv(self.id, self.bundle, self.files.pid_file(None),
-                                          io.console_socket),
-            env=self.runtime.environment(), cwd=config.cwd or self.bundle,
-            binary=config.binary, error_log=config.errors_from, timeout=config.timeout,
+            mounts=rootfs, runtime=self.runtime, files=self.files, io=io,
             before_runtime=before_runtime)
         report = oneshot.CreateReport.unknown(job)  # until the child says otherwise
         try:

@@ -30,17 +30,20 @@ import marshal
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from pyshim import cgroups, errors, mount
 from pyshim.bundle import read_pid
 from pyshim.errors import DeadlineExceeded, EngineError
+from pyshim.io import ProcessIO
 from pyshim.process.config import has_private_pid_namespace, read_spec
+from pyshim.process.files import ContainerFiles
 from pyshim.reaper import Exit, Reaper, exit_status, resolve_executable
 from pyshim.runtime import (
     KILL_WAIT,
+    OCIRuntime,
     OCIRuntimeError,
     RuntimeNotFound,
     RuntimeTimeout,
@@ -74,21 +77,17 @@ _ENGINE_ERRORS = {name: kind for name, kind in vars(errors).items()
 @dataclass(frozen=True, slots=True)
 class CreateJob:
     """What the child does: read the bundle's config.json, mount `mounts` on `rootfs_path`,
-    call `before_runtime`, run `argv` (the runtime's `create`) with `stdio` in `cwd`, read the
-    pid file and locate the init's cgroup."""
+    call `before_runtime`, run `runtime create` with `io`'s runtime stdio, read the pid file
+    and locate the init's cgroup. The child works the details out itself (command line,
+    environment): code the monitor then never runs."""
 
     container_id: str
     bundle: str
     rootfs_path: str
     mounts: Sequence[mount.Mount]
-    argv: Sequence[str]
-    env: Mapping[str, str]
-    cwd: str
-    stdio: Stdio
-    pid_file: str
-    binary: str
-    error_log: str | None
-    timeout: float
+    runtime: OCIRuntime
+    files: ContainerFiles
+    io: ProcessIO
     # Front-end bookkeeping right before the runtime (blocking; errors as EngineError).
     before_runtime: Callable[[], None] | None = None
 
@@ -129,7 +128,7 @@ async def create(job: CreateJob, reaper: Reaper) -> CreateReport:
         os.setpgid(pid, pid)
     exited = reaper.watch(pid)  # before any loop turn: the reaper cannot miss the exit
     try:
-        bound = job.timeout + CHILD_SLACK
+        bound = job.runtime.config.timeout + CHILD_SLACK
         try:
             async with asyncio.timeout(bound):
                 ended = await asyncio.shield(exited)
@@ -184,8 +183,7 @@ def _read_report(fd: int, job: CreateJob, ended: Exit) -> CreateReport:
         mounted=fields.get("mounted", False), runtime_called=fields.get("runtime_called", False))
     cgroup = fields.get("cgroup")
     if cgroup is not None:
-        mode = cgroups.CgroupMode.V2 if cgroup[0] == cgroups.CgroupMode.V2.value \
-            else cgroups.CgroupMode.V1
+        mode = cgroups.CgroupMode.V2 if cgroup[0] == "v2" else cgroups.CgroupMode.V1
         report.cgroup = cgroups.Cgroup(mode, cgroup[1], cgroup[2])
     if "error" in fields:
         report.error = _decode_error(fields["error"])
@@ -203,11 +201,12 @@ def _child(job: CreateJob, report_fd: int) -> NoReturn:
             signal.set_wakeup_fd(-1)  # the monitor's loop's: a signal here must not wake it
         for signum in _HANDLED:
             signal.signal(signum, signal.SIG_DFL)
-        stdio = (job.stdio.stdin, job.stdio.stdout, job.stdio.stderr)
-        _close_all_but({0, 1, 2, report_fd, *(fd for fd in stdio if fd is not None)})
+        stdio = job.io.runtime_stdio()
+        fds = (stdio.stdin, stdio.stdout, stdio.stderr)
+        _close_all_but({0, 1, 2, report_fd, *(fd for fd in fds if fd is not None)})
         fields: dict[str, Any] = {}
         try:
-            _work(job, fields)
+            _work(job, stdio, fields)
         except BaseException as error:
             fields["error"] = _encode_error(error, job.container_id)
         data = marshal.dumps(fields)
@@ -231,7 +230,7 @@ def _close_all_but(keep: set[int]) -> None:
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
-def _work(job: CreateJob, fields: dict[str, Any]) -> None:
+def _work(job: CreateJob, stdio: Stdio, fields: dict[str, Any]) -> None:
     """The in-process create's steps, with its errors (container.py)."""
     spec = read_spec(job.bundle, job.container_id)
     fields["private_pid_namespace"] = has_private_pid_namespace(spec)
@@ -245,14 +244,15 @@ def _work(job: CreateJob, fields: dict[str, Any]) -> None:
         fields["mounted"] = True
     if job.before_runtime is not None:
         job.before_runtime()
+    pid_file = job.files.pid_file(None)
     fields["runtime_called"] = True
     try:
-        _run_runtime(job)
+        _run_runtime(job, stdio, pid_file)
     except RuntimeTimeout:
         fields["kill_group"] = True
         raise
     try:
-        pid = read_pid(job.pid_file)
+        pid = read_pid(pid_file)
     except (OSError, ValueError) as error:
         raise EngineError(
             f"container {job.container_id}: runc create left no usable pid file: {error}",
@@ -264,28 +264,32 @@ def _work(job: CreateJob, fields: dict[str, Any]) -> None:
         fields["cgroup"] = (cgroup.mode.value, dict(cgroup.paths), cgroup.path)
 
 
-def _run_runtime(job: CreateJob) -> None:
-    """`runtime create`, waited for at most job.timeout; OCIRuntimeError as OCIRuntime._run
-    raises it."""
-    log_start = log_size(job.error_log)
+def _run_runtime(job: CreateJob, stdio: Stdio, pid_file: str) -> None:
+    """`runtime create`, waited for at most its time limit; OCIRuntimeError as
+    OCIRuntime._run raises it."""
+    config = job.runtime.config
+    argv = job.runtime.create_argv(job.container_id, job.bundle, pid_file,
+                                   job.io.console_socket)
+    env = job.runtime.environment()
+    error_log = config.errors_from
+    log_start = log_size(error_log)
     # Blocked, so that its arrival waits for sigtimedwait (the runtime gets an empty mask).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
-        executable = resolve_executable(job.argv[0], job.env)
+        executable = resolve_executable(argv[0], env)
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         actions = [(os.POSIX_SPAWN_DUP2, devnull if fd is None else fd, target)
-                   for target, fd in enumerate((job.stdio.stdin, job.stdio.stdout,
-                                                job.stdio.stderr))]
-        os.chdir(job.cwd)
-        pid = os.posix_spawn(executable, list(job.argv), dict(job.env), file_actions=actions,
+                   for target, fd in enumerate((stdio.stdin, stdio.stdout, stdio.stderr))]
+        os.chdir(config.cwd or job.bundle)
+        pid = os.posix_spawn(executable, argv, dict(env), file_actions=actions,
                              setsigdef=(signal.SIGPIPE, *_HANDLED), setsigmask=())
     except OSError as error:
-        raise not_started("create", job.binary, error) from error
-    status = _wait(pid, job.timeout)
+        raise not_started("create", config.binary, error) from error
+    status = _wait(pid, config.timeout)
     if status is None:
-        raise timed_out("create", job.binary, job.timeout)
+        raise timed_out("create", config.binary, config.timeout)
     if status != 0:
-        raise failed("create", job.binary, status, b"", last_log_error(job.error_log, log_start))
+        raise failed("create", config.binary, status, b"", last_log_error(error_log, log_start))
 
 
 def _wait(pid: int, timeout: float) -> int | None:
