@@ -1,11 +1,13 @@
-"""Create through the containerd front end, its one-shot work in a child the daemon forks for
-it (pyshim/process/oneshot.py; on by default), with real runc: a Create whose caller gave up
-is still completed and recorded, the init ends up the daemon's child, and the create child is
-gone. pyshim only (runc-v2 has no such child).
+"""Create's one-shot work in a child the monitor forks for it (pyshim/process/oneshot.py), with
+real runc: through the engine, a failed runc create is the same error either way; through the
+containerd front end (where it is on by default), a Create whose caller gave up is still
+completed and recorded, the init ends up the daemon's child, and the create child is gone.
+pyshim only (runc-v2 has no such child).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import subprocess
@@ -13,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from google.protobuf import any_pb2, empty_pb2
 
+from pyshim import errors
+from pyshim.io import StdioConfig
+from pyshim.process import Container
 from pyshim.protos.containerd.runc.v1 import options_pb2
 from pyshim.protos.containerd.task.v2 import shim_pb2
 from pyshim.protos.containerd.types.task import task_pb2
+from pyshim.reaper import Reaper
 from pyshim.ttrpc import Client
 from tests.e2e.conftest import (
     PYSHIM_RUNTIME,
@@ -31,6 +38,14 @@ from tests.e2e.conftest import (
     write_spec,
 )
 from tests.e2e.containerd import PrivateContainerd
+from tests.e2e.test_engine_runc import (
+    Quiet,
+    SessionFiles,
+    Setup,
+    pipes_to,
+    run_as_subreaper,
+    setup,
+)
 from tests.e2e.test_survive_calls import (
     RUNC_ROOT,
     call,
@@ -41,6 +56,34 @@ from tests.e2e.test_survive_calls import (
     shim_state,
     start_sleeper,
 )
+
+__all__ = ["setup"]  # the fixture, shared
+
+
+@pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "child"])
+def test_a_failed_runc_create_is_the_same_error_either_way(setup: Setup, in_child: bool) -> None:
+    setup.write_spec(["/nonexistent"])
+    container_id = unique_id("oneshot-fail")
+    files = SessionFiles(setup.base / "files")
+
+    async def scenario(reaper: Reaper) -> errors.RuntimeFailed:
+        config = dataclasses.replace(setup.config(), create_in_child=in_child)
+        container = Container(container_id=container_id, bundle=str(setup.bundle),
+                              config=config, reaper=reaper, listener=Quiet(), files=files)
+        try:
+            with pytest.raises(errors.RuntimeFailed) as raised:
+                await container.create([], StdioConfig(), io=pipes_to(setup.base, "init"))
+            return raised.value
+        finally:
+            await container.close()
+
+    error = run_as_subreaper(scenario)
+    assert 'exec: "/nonexistent"' in error.cause
+    assert error.message == f"container {container_id}: OCI runtime create failed: {error.cause}"
+    assert (error.command, error.exit_status) == ("create", 1)
+    assert b'exec: "/nonexistent"' in error.stderr
+    assert files.exits == []
+    assert not (setup.runc_root / container_id).exists()  # deleted (--force) after the failure
 
 
 def slow_runc(directory: Path) -> Path:
