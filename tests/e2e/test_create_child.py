@@ -8,6 +8,8 @@ pyshim only (runc-v2 has no such child).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +20,7 @@ import psutil
 import pytest
 from google.protobuf import any_pb2, empty_pb2
 
-from pyshim import errors
+from pyshim import errors, mount
 from pyshim.io import StdioConfig
 from pyshim.process import Container
 from pyshim.protos.containerd.runc.v1 import options_pb2
@@ -84,6 +86,49 @@ def test_a_failed_runc_create_is_the_same_error_either_way(setup: Setup, in_chil
     assert b'exec: "/nonexistent"' in error.stderr
     assert files.exits == []
     assert not (setup.runc_root / container_id).exists()  # deleted (--force) after the failure
+
+
+def test_a_container_on_an_overlay_mounted_by_the_create_child(setup: Setup) -> None:
+    """The child mounts the rootfs (an overlay, as containerd's snapshotter asks) in the mount
+    namespace it shares with the monitor; runc runs the container on it; the init is the
+    monitor's child; delete unmounts it."""
+    setup.write_spec(["/bin/cat", "/marker"])
+    spec = json.loads((setup.bundle / "config.json").read_text())
+    lower = Path(spec["root"]["path"])
+    spec["root"] = {"path": "rootfs", "readonly": False}
+    (setup.bundle / "config.json").write_text(json.dumps(spec))
+    upper, work = setup.base / "upper", setup.base / "work"
+    upper.mkdir()
+    work.mkdir()
+    (upper / "marker").write_text("from the upper layer\n")
+    overlay = mount.Mount("overlay", "overlay", options=(
+        f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}"))
+    rootfs = setup.bundle / "rootfs"
+    container_id = unique_id("oneshot-overlay")
+    files = SessionFiles(setup.base / "files")
+
+    async def scenario(reaper: Reaper) -> tuple[int | None, bool, int]:
+        config = dataclasses.replace(setup.config(), create_in_child=True)
+        container = Container(container_id=container_id, bundle=str(setup.bundle),
+                              config=config, reaper=reaper, listener=Quiet(), files=files)
+        try:
+            pid = await container.create([overlay], StdioConfig(),
+                                         io=pipes_to(setup.base, "init"))
+            parent = psutil.Process(pid).ppid()
+            was_mounted = os.path.ismount(rootfs)  # noqa: ASYNC240 (one stat)
+            await container.init.operate(lambda: container.start(container.init))
+            status, _ = await container.init.wait()
+            await container.init.operate(container.init.state.delete)
+            return parent, was_mounted, status
+        finally:
+            await container.close()
+            while os.path.ismount(rootfs):  # noqa: ASYNC240 (a failure above: ours to undo)
+                mount.unmount_all(str(rootfs))
+
+    parent, was_mounted, status = run_as_subreaper(scenario)
+    assert parent == os.getpid() and was_mounted and status == 0
+    assert (setup.base / "init.out").read_text() == "from the upper layer\n"
+    assert not os.path.ismount(rootfs)  # the delete unmounted it
 
 
 def slow_runc(directory: Path) -> Path:
