@@ -222,12 +222,12 @@ def _child(job: CreateJob, report_fd: int) -> NoReturn:
 
 
 def _close_all_but(keep: set[int]) -> None:
-    low = 0
-    for fd in sorted(keep):
-        if fd > low:  # closerange(n, n) would close every fd from n on (CPython 3.11)
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    # The fds open now (a daemon has tens), not every number up to the limit (which may be
+    # a million where close_range(2) is missing).
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) not in keep:
+            with contextlib.suppress(OSError):  # the listing's own fd, closed already
+                os.close(int(name))
 
 
 def _work(job: CreateJob, stdio: Stdio, fields: dict[str, Any]) -> None:

@@ -248,17 +248,29 @@ def test_a_cancelled_create_kills_the_runtime_and_deletes(workdir: Path, in_chil
 def test_a_child_that_dies_without_a_report(workdir: Path) -> None:
     script(workdir, SLEEPING_RUNTIME)
     state = workdir / "state"
+    held: list[str] = []
+    sentinel_read, sentinel_write = os.pipe()  # one of "the daemon's" fds
 
     async def scenario(reaper: Reaper) -> errors.EngineError:
         box = container(workdir, reaper, True, binary=str(state / "runtime"))
         creating = asyncio.ensure_future(box.create([], StdioConfig()))
         await until_exists(state / "runtime.pid")
-        os.kill(int((state / "runtime.ppid").read_text()), signal.SIGKILL)  # the create child
+        child = int((state / "runtime.ppid").read_text())
+        held.extend(os.readlink(f"/proc/{child}/fd/{fd}")
+                    for fd in os.listdir(f"/proc/{child}/fd"))
+        os.kill(child, signal.SIGKILL)
         with pytest.raises(errors.EngineError) as raised:
             await creating
         return raised.value
 
-    error = with_reaper(scenario)
+    try:
+        error = with_reaper(scenario)
+        sentinel = os.readlink(f"/proc/self/fd/{sentinel_write}")
+    finally:
+        os.close(sentinel_read)
+        os.close(sentinel_write)
+    assert sentinel not in held  # the child closed every fd but stdio, log and report pipe
+    assert len(held) <= 5, held
     child = int((state / "runtime.ppid").read_text())
     assert child != os.getpid()
     assert error.message == (f"container c1: the create child (pid {child}) ended without a "
