@@ -14,7 +14,11 @@ Needs root, containerd, runc, /bin/busybox. A private containerd serves the even
 process is child subreaper while it runs, so the fork-server and the daemons re-parent to
 it and are stopped by pid at the end.
 
-Usage: python -m bench.daemon_stages [--runs N] [--pages STAGE [--delta]]
+Usage: python -m bench.daemon_stages [--runs N] [--pages STAGE [--delta]] [--overlay]
+
+With ``--overlay`` Create mounts the rootfs (an overlay of the busybox tree, as containerd's
+overlayfs snapshotter passes it) instead of the spec naming a directory: the mount code runs
+in the daemon, as it does for every container of an image.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from google.protobuf import any_pb2, empty_pb2
 from bench import pages
 from bench.common import missing_requirements
 from pyshim.protos.containerd.task.v2 import shim_pb2
+from pyshim.protos.containerd.types import mount_pb2
 from pyshim.shim.daemon import MEMORY_DUMP_VARIABLE
 from pyshim.ttrpc import Client
 from tests.e2e.conftest import (
@@ -67,13 +72,16 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def shim_start(containerd: PrivateContainerd, rootfs: Path, container_id: str) -> tuple[
-        str, Path]:
-    """``containerd-shim-pyshim-v1 start`` in a fresh bundle; (its address, the bundle)."""
+def shim_start(containerd: PrivateContainerd, rootfs: Path, container_id: str,
+               overlay: bool = False) -> tuple[str, Path]:
+    """``containerd-shim-pyshim-v1 start`` in a fresh bundle; (its address, the bundle).
+    With `overlay` the spec's root is the bundle's `rootfs`, for Create to mount there."""
     bundle = containerd.base_dir / "bundles" / container_id
     bundle.mkdir(parents=True)
-    write_spec(bundle / "config.json",
-               oci_spec(containerd, rootfs, ["/bin/sleep", "1000"], container_id=container_id))
+    spec = oci_spec(containerd, rootfs, ["/bin/sleep", "1000"], container_id=container_id)
+    if overlay:
+        spec["root"] = {"path": "rootfs"}
+    write_spec(bundle / "config.json", spec)
     environment = {**os.environ, "TTRPC_ADDRESS": str(containerd.ttrpc_address),
                    MEMORY_DUMP_VARIABLE: "1",
                    "PATH": f"{SHIM_BIN_DIR}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
@@ -103,10 +111,20 @@ def daemon_pid(container_id: str) -> int:
     raise RuntimeError(f"no daemon for {container_id}")
 
 
+def overlay_mounts(rootfs: Path, bundle: Path) -> list[mount_pb2.Mount]:
+    """An overlay of the busybox rootfs, as containerd's overlayfs snapshotter passes it."""
+    upper, work = bundle / "upper", bundle / "work"
+    upper.mkdir()
+    work.mkdir()
+    return [mount_pb2.Mount(type="overlay", source="overlay", options=[
+        f"lowerdir={rootfs}", f"upperdir={upper}", f"workdir={work}"])]
+
+
 def measure_run(containerd: PrivateContainerd, rootfs: Path, pages_at: str | None,
-                delta: bool = False) -> dict[str, pages.Rollup]:
+                delta: bool = False, overlay: bool = False) -> dict[str, pages.Rollup]:
     container_id = unique_id("stages")
-    address, _bundle = shim_start(containerd, rootfs, container_id)
+    address, _bundle = shim_start(containerd, rootfs, container_id, overlay)
+    mounts = overlay_mounts(rootfs, _bundle) if overlay else []
     pid = daemon_pid(container_id)
     figures: dict[str, pages.Rollup] = {}
     attribution: list[str] = []
@@ -137,7 +155,8 @@ def measure_run(containerd: PrivateContainerd, rootfs: Path, pages_at: str | Non
                        shim_pb2.ConnectResponse)
             record("connect")
             await call("Create", shim_pb2.CreateTaskRequest(
-                id=container_id, bundle=str(_bundle)), shim_pb2.CreateTaskResponse)
+                id=container_id, bundle=str(_bundle), rootfs=mounts),
+                shim_pb2.CreateTaskResponse)
             record("create")
             await call("Start", shim_pb2.StartRequest(id=container_id), shim_pb2.StartResponse)
             record("start")
@@ -204,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delta", action="store_true",
                         help="with --pages: attribute only the pages that became private in "
                              "that step")
+    parser.add_argument("--overlay", action="store_true",
+                        help="Create mounts the rootfs (an overlay, as containerd's snapshotter "
+                             "asks) instead of the spec naming the rootfs directory")
     args = parser.parse_args(argv)
     reason = missing_requirements()
     if reason is not None:
@@ -215,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.run(shutdown(address, warm_up))
         for index in range(args.runs):
             runs.append(measure_run(containerd, rootfs, args.pages if index == 0 else None,
-                                    args.delta and index == 0))
+                                    args.delta and index == 0, args.overlay))
     print(f"{'stage':<10} {'Private_Dirty':>13} {'delta':>6} {'USS':>6} {'PSS':>6} {'RSS':>6}"
           "  (KiB, median of runs)")
     previous = 0

@@ -252,3 +252,7 @@ def _resolve(program: str, env: Mapping[str, str] | None) -> str:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise FileNotFoundError(f'executable file "{program}" not found in $PATH ({path})')
+
+
+#: For a command started elsewhere (process/oneshot.py's child), found as spawn finds it.
+resolve_executable = _resolve

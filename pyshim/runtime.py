@@ -145,16 +145,30 @@ class OCIRuntime:
         *,
         console_socket: str | None = None,
     ) -> None:
+        preserve, fd_map = self._preserved_fds()
+        await self._run("create", [*self._create_flags(bundle, pid_file), *preserve,
+                                   *self._command_tail(container_id, console_socket)],
+                        stdio=stdio, cwd=self.config.cwd or bundle, use_log=True,
+                        fd_map=fd_map)
+
+    def create_argv(self, container_id: str, bundle: str, pid_file: str,
+                    console_socket: str | None) -> list[str]:
+        """`create`'s whole command line, for running it elsewhere (a forked child: see
+        process/oneshot.py); without --preserve-fds, which only `create()` passes on."""
+        return [*self._global_args(), *self._create_flags(bundle, pid_file),
+                *self._command_tail(container_id, console_socket)]
+
+    def environment(self) -> Mapping[str, str]:
+        """The runtime's environment (the configured one, or ours without NOTIFY_SOCKET)."""
+        return self.config.env if self.config.env is not None else _runc_environment()
+
+    def _create_flags(self, bundle: str, pid_file: str) -> list[str]:
         args = ["create", "--bundle", bundle, "--pid-file", pid_file]
         if self.config.no_pivot:
             args.append("--no-pivot")
         if self.config.no_new_keyring:
             args.append("--no-new-keyring")
-        preserve, fd_map = self._preserved_fds()
-        await self._run("create", [*args, *preserve,
-                                   *self._command_tail(container_id, console_socket)],
-                        stdio=stdio, cwd=self.config.cwd or bundle, use_log=True,
-                        fd_map=fd_map)
+        return args
 
     async def restore(
         self,
@@ -282,7 +296,7 @@ class OCIRuntime:
             if input is not None:
                 in_read, in_write = os.pipe2(os.O_CLOEXEC)
                 pipes += [in_read, in_write]
-            log_start = _log_size(error_log)
+            log_start = log_size(error_log)
             try:
                 pid, exited = self.reaper.spawn(
                     argv,
@@ -296,12 +310,8 @@ class OCIRuntime:
                     new_process_group=True,
                     fd_map=fd_map,
                 )
-            except FileNotFoundError as error:
-                raise RuntimeNotFound(
-                    command, f'runc binary "{config.binary}" not found: {error}'
-                ) from error
             except OSError as error:
-                raise OCIRuntimeError(command, f"cannot run {config.binary}: {error}") from error
+                raise not_started(command, config.binary, error) from error
             _close(pipes, out_write, in_read)
             try:
                 async with asyncio.timeout(config.timeout):
@@ -313,25 +323,42 @@ class OCIRuntime:
                     result = await exited
             except TimeoutError:
                 await _kill_group(pid, exited)
-                raise RuntimeTimeout(
-                    command,
-                    f"{config.binary} {command} did not finish within {config.timeout:g} s; "
-                    "killed it",
-                ) from None
+                raise timed_out(command, config.binary, config.timeout) from None
             except BaseException:
                 await _kill_group(pid, exited)
                 raise
         finally:
             _close(pipes, *pipes)
         if result.status != 0:
-            message = _last_log_error(error_log, log_start)
-            if not message:
-                text = output.decode(errors="replace").strip()
-                message = f"{config.binary} did not terminate successfully: exit status " + (
-                    f"{result.status}: {text}" if text else str(result.status)
-                )
-            raise OCIRuntimeError(command, message, result.status)
+            raise failed(command, config.binary, result.status, output,
+                         last_log_error(error_log, log_start))
         return output
+
+
+# The errors of a runc command, also built by a command run elsewhere (process/oneshot.py).
+
+
+def not_started(command: str, binary: str, error: OSError) -> OCIRuntimeError:
+    if isinstance(error, FileNotFoundError):
+        return RuntimeNotFound(command, f'runc binary "{binary}" not found: {error}')
+    return OCIRuntimeError(command, f"cannot run {binary}: {error}")
+
+
+def timed_out(command: str, binary: str, timeout: float) -> RuntimeTimeout:
+    return RuntimeTimeout(
+        command, f"{binary} {command} did not finish within {timeout:g} s; killed it")
+
+
+def failed(command: str, binary: str, status: int, output: bytes,
+           logged: str | None) -> OCIRuntimeError:
+    """runc exited with `status`: its last logged error, else what it printed."""
+    message = logged
+    if not message:
+        text = output.decode(errors="replace").strip()
+        message = f"{binary} did not terminate successfully: exit status " + (
+            f"{status}: {text}" if text else str(status)
+        )
+    return OCIRuntimeError(command, message, status)
 
 
 def _close(still_open: list[int], *fds: int | None) -> None:
@@ -355,7 +382,8 @@ def _runc_environment() -> dict[str, str]:
     return environ_table.copy_without("NOTIFY_SOCKET")  # not os.environ.items(): see there
 
 
-def _log_size(path: str | None) -> int:
+def log_size(path: str | None) -> int:
+    """Where runc's next log lines will start (0 without a log)."""
     if not path:
         return 0
     try:
@@ -364,7 +392,7 @@ def _log_size(path: str | None) -> int:
         return 0
 
 
-def _last_log_error(path: str | None, start: int) -> str | None:
+def last_log_error(path: str | None, start: int) -> str | None:
     """The last `"level":"error"` message runc wrote to its JSON log since offset start."""
     if not path:
         return None

@@ -12,6 +12,7 @@ or its connection drops.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from pyshim import identifiers
 from pyshim import options as runtime_options
 from pyshim.cgroup_metrics import metrics
+from pyshim.errors import InvalidInput as EngineInvalidInput
 from pyshim.events import Publisher
 from pyshim.io import StdioConfig
 from pyshim.mount import Mount
@@ -48,6 +50,10 @@ from pyshim.ttrpc.status import (
 )
 
 log = logging.getLogger("pyshim.task")
+
+#: Environment (containerd's): "0" runs Create's one-shot work in the daemon itself instead of
+#: a short-lived child forked for it (pyshim/process/oneshot.py; docs/memory.md).
+CREATE_IN_CHILD_VARIABLE = "PYSHIM_CREATE_IN_CHILD"
 
 # "Not exited" is Go's zero time (0001-01-01T00:00:00Z), not the epoch (spec §3.2).
 GO_ZERO_SECONDS = -62135596800
@@ -99,7 +105,18 @@ def container_config(options: RuncOptions, namespace: str, bundle: str) -> Conta
     return ContainerConfig(
         runtime=runtime, io_uid=options.io_uid or -1, io_gid=options.io_gid or -1,
         spool_max=options.spool_max_bytes, namespace=namespace,
+        create_in_child=os.environ.get(CREATE_IN_CHILD_VARIABLE, "1") != "0",
     )
+
+
+def _save_options(container_id: str, bundle: str, options: RuncOptions) -> None:
+    """options.json and runtime in the bundle (for `delete`), before runc create (in the
+    create child: see Container.create)."""
+    try:
+        runtime_options.save(bundle, options)
+    except FileNotFoundError as error:
+        raise EngineInvalidInput(f"container {container_id}: bundle {bundle} does not exist",
+                                 container_id=container_id) from error
 
 
 def engine_mounts(rootfs: Any) -> list[Mount]:
@@ -209,19 +226,16 @@ class TaskService:
                     )
                 except runtime_options.InvalidOptions as error:
                     raise InvalidArgument(f"container {container_id}: {error}") from error
-            try:
-                runtime_options.save(request.bundle, options)
-            except FileNotFoundError as error:
-                raise InvalidArgument(
-                    f"container {container_id}: bundle {request.bundle} does not exist"
-                ) from error
             container = Container(
                 container_id=container_id, bundle=request.bundle,
                 config=container_config(options, self.namespace, request.bundle),
                 reaper=self.reaper, listener=self, oom_watcher=self.oom_watcher,
             )
             stdio = StdioConfig(request.stdin, request.stdout, request.stderr, request.terminal)
-            pid = await container.create(engine_mounts(request.rootfs), stdio)
+            pid = await container.create(
+                engine_mounts(request.rootfs), stdio,
+                before_runtime=functools.partial(_save_options, container_id, request.bundle,
+                                                 options))
             self.containers[container_id] = container
         finally:
             self._creating.discard(container_id)

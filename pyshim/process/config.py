@@ -34,6 +34,10 @@ class ContainerConfig:
     spool_max: int = DEFAULT_SPOOL_MAX
     # Told to binary:// logging binaries (containerd's namespace; "" elsewhere).
     namespace: str = ""
+    # Create's one-shot work (config.json, rootfs mounts, `runtime create`, its pid file and
+    # cgroup) in a short-lived child forked for it, whose copied pages die with it
+    # (process/oneshot.py). Not with pass_fds/preserve_fds or a restore.
+    create_in_child: bool = False
 
 
 class Listener(Protocol):
@@ -57,9 +61,7 @@ class Listener(Protocol):
 def read_spec(bundle: str, container_id: str) -> dict[str, Any]:
     """The bundle's config.json (InvalidInput when it is missing or not a JSON object)."""
     path = os.path.join(bundle, "config.json")
-    if not os.path.isdir(bundle):
-        raise InvalidInput(f"container {container_id}: bundle {bundle} does not exist",
-                           container_id=container_id)
+    check_bundle(bundle, container_id)
     try:
         with open(path, "rb") as config:
             spec = json.load(config)
@@ -77,6 +79,13 @@ def read_spec(bundle: str, container_id: str) -> dict[str, Any]:
         raise InvalidInput(f"container {container_id}: {path} is not a JSON object",
                            container_id=container_id)
     return spec
+
+
+def check_bundle(bundle: str, container_id: str) -> None:
+    """InvalidInput when the bundle directory does not exist."""
+    if not os.path.isdir(bundle):
+        raise InvalidInput(f"container {container_id}: bundle {bundle} does not exist",
+                           container_id=container_id)
 
 
 def has_private_pid_namespace(spec: Mapping[str, Any]) -> bool:

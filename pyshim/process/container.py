@@ -36,8 +36,15 @@ from pyshim.bundle import read_pid
 from pyshim.errors import EngineError, NotFound, RuntimeFailed
 from pyshim.io import ProcessIO, StdioConfig
 from pyshim.oom import OOMWatcher
+from pyshim.process import oneshot
 from pyshim.process.base import Process
-from pyshim.process.config import ContainerConfig, Listener, has_private_pid_namespace, read_spec
+from pyshim.process.config import (
+    ContainerConfig,
+    Listener,
+    check_bundle,
+    has_private_pid_namespace,
+    read_spec,
+)
 from pyshim.process.exec import ExecProcess
 from pyshim.process.execs import DELETE_DRAIN_TIMEOUT, ExecManagement
 from pyshim.process.exits import EXIT_DRAIN_TIMEOUT, ExitReporting
@@ -101,12 +108,19 @@ class Container(ExitReporting, ExecManagement):
         *,
         io: ProcessIO | None = None,
         restore_from: str | None = None,
+        before_runtime: Callable[[], None] | None = None,
     ) -> int:
         """Mount the rootfs, prepare stdio, `runtime create`; returns the init pid.
 
         `io` replaces the I/O that `stdio` would open (a front end relaying its own fds).
         `restore_from`: a checkpoint image directory; `runtime restore --detach` instead.
+        `before_runtime`: the front end's bookkeeping right before the runtime is called (in
+        the create child when there is one: blocking calls, failures as EngineError).
         """
+        runtime = self.config.runtime
+        if (self.config.create_in_child and restore_from is None and not runtime.pass_fds
+                and not runtime.preserve_fds):
+            return await self._create_in_child(rootfs, stdio, io, before_runtime)
         spec = read_spec(self.bundle, self.id)
         self.private_pid_namespace = has_private_pid_namespace(spec)
         if rootfs:
@@ -125,6 +139,8 @@ class Container(ExitReporting, ExecManagement):
             since = self.reaper.sequence
             pid_file = self.files.pid_file(None)
             what = "create" if restore_from is None else "restore"
+            if before_runtime is not None:
+                before_runtime()
             try:
                 runtime_called = True
                 if restore_from is None:
@@ -136,10 +152,7 @@ class Container(ExitReporting, ExecManagement):
                         image_path=restore_from, console_socket=io.console_socket)
                 self.init.pid = read_pid(pid_file)
             except OCIRuntimeError as error:
-                failure = runtime_error(self.init, f"OCI runtime {what} failed", error)
-                if isinstance(failure, RuntimeFailed):
-                    failure.stderr = io.unread_stderr()
-                raise failure from error
+                raise self._runtime_failure(what, error) from error
             except (OSError, ValueError) as error:
                 raise EngineError(
                     f"container {self.id}: runc {what} left no usable pid file: {error}",
@@ -147,13 +160,59 @@ class Container(ExitReporting, ExecManagement):
                 ) from error
             await io.start()
         except BaseException:
-            if runtime_called:
-                # Whatever runc got done (a half-created container, a runc init) goes too.
-                with contextlib.suppress(OCIRuntimeError):
-                    await self.runtime.delete(self.id, force=True)
-            await self.init.io.close()
-            await self._unmount_rootfs()
+            await self._undo_create(runtime_called)
             raise
+        return self._created(since)
+
+    async def _create_in_child(self, rootfs: Sequence[mount.Mount], stdio: StdioConfig,
+                               io: ProcessIO | None,
+                               before_runtime: Callable[[], None] | None) -> int:
+        """create(), its one-shot work done by a child forked for it (oneshot.py): the stdio
+        is opened first, here, for the child and the runtime to inherit."""
+        check_bundle(self.bundle, self.id)
+        if io is None:
+            io = await open_io(stdio, self.io_context(None), self.id, None)
+        self.init = InitProcess(self, self.id, stdio, io)
+        since = self.reaper.sequence
+        job = oneshot.CreateJob(
+            container_id=self.id, bundle=self.bundle, rootfs_path=self.rootfs_path,
+            mounts=rootfs, runtime=self.runtime, files=self.files, io=io,
+            before_runtime=before_runtime)
+        report = oneshot.CreateReport.unknown(job)  # until the child says otherwise
+        try:
+            report = await oneshot.create(job, self.reaper)
+            self.private_pid_namespace = report.private_pid_namespace
+            if isinstance(report.error, OCIRuntimeError):
+                raise self._runtime_failure("create", report.error) from report.error
+            if report.error is not None:
+                raise report.error
+            self.init.pid = report.pid
+            self.cgroup = report.cgroup
+            await io.start()
+        except BaseException:
+            if report.mounted:
+                self.rootfs = list(rootfs)
+            await self._undo_create(report.runtime_called)
+            raise
+        if rootfs:
+            self.rootfs = list(rootfs)
+        return self._created(since)
+
+    def _runtime_failure(self, what: str, error: OCIRuntimeError) -> EngineError:
+        failure = runtime_error(self.init, f"OCI runtime {what} failed", error)
+        if isinstance(failure, RuntimeFailed):
+            failure.stderr = self.init.io.unread_stderr()
+        return failure
+
+    async def _undo_create(self, runtime_called: bool) -> None:
+        if runtime_called:
+            # Whatever runc got done (a half-created container, a runc init) goes too.
+            with contextlib.suppress(OCIRuntimeError):
+                await self.runtime.delete(self.id, force=True)
+        await self.init.io.close()
+        await self._unmount_rootfs()
+
+    def _created(self, since: int) -> int:
         self._watch(self.init, since)
         self._find_cgroup()
         try:
