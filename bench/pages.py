@@ -267,6 +267,7 @@ _FORKSERVER_IMPORTS = (
     "import sys; import pyshim.shim.forkserver as server\n"
     "server.forkclient.code_stamp()\n"
     "for name in server.PRELOAD: __import__(name)\n"
+    "from pyshim.shim import rehearsal\n"  # imported next, rehearsal on or off
     "print(' '.join(sorted(sys.modules)))"
 )
 
