@@ -2,7 +2,8 @@
 
 `address`, `options.json` and `runtime` (where runc is, as runc-v2 writes them), exit records
 (`init.exit`, `execs/<exec id>.exit`: written when the process is reaped, so `delete` reports
-the truth instead of 137 even after the shim died), `shim.pid`, and the pid files runc writes.
+the truth instead of 137 even after the shim died), `delete.reply`, `shim.pid`, and the pid
+files runc writes.
 Lean: `start` and `delete` import it. Writes are atomic (O_EXCL|O_NOFOLLOW temp + rename);
 records are durable too (file and directory fsynced).
 """
@@ -16,6 +17,9 @@ from pyshim import jsonlite
 
 ADDRESS = "address"
 EXIT_RECORD = "init.exit"
+#: What `delete` would print, left by a daemon whose own Delete of the init did everything
+#: `delete` does; the launcher (bin/pyshim) prints it without starting Python.
+DELETE_REPLY = "delete.reply"
 EXECS = "execs"  # per-exec files: <exec id>.exit, .pid, .json (exec ids are validated first)
 SHIM_PID = "shim.pid"
 OPTIONS = "options.json"
@@ -24,7 +28,8 @@ DEFAULT_BINARY = "runc"
 DEFAULT_ROOT = "/run/containerd/runc"
 
 
-def _write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool = False) -> None:
+def _write_atomically(path: str, text: str | bytes, mode: int = 0o644, *,
+                      durable: bool = False) -> None:
     """Replace `path` with `text`; a reader sees the old file or the new one, never a mix.
 
     The temporary name is unique and created O_EXCL|O_NOFOLLOW: a file or symlink planted
@@ -36,7 +41,7 @@ def _write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool 
     fd = os.open(temporary, flags, mode)
     try:
         try:
-            data = text.encode()
+            data = text.encode() if isinstance(text, str) else text
             while data:
                 data = data[os.write(fd, data):]
             if durable:
