@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import uvloop
 
-from pyshim import logfmt
+from pyshim import durable, logfmt
 from pyshim.events import Publisher
 from pyshim.oom import OOMWatcher
 from pyshim.ops import registry
@@ -208,6 +208,7 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     await service.close()
     oom_watcher.close()
     reaper.uninstall()
+    durable.flush()  # the exit records' fsyncs (the daemon exits with os._exit)
     return 0
 
 
