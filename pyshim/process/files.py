@@ -77,6 +77,7 @@ class BundleFiles:
 
     def created(self, init_pid: int) -> None:
         bundle_files.write_shim_pid(self.bundle, os.getpid())
+        durable.prepare()  # record_exit's fsync worker, before any exit needs it
 
     def forget_exec(self, exec_id: str) -> None:
         directory = bundle_files.exec_dir(self.bundle)
