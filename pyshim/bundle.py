@@ -2,9 +2,10 @@
 
 `address`, `options.json` and `runtime` (where runc is, as runc-v2 writes them), exit records
 (`init.exit`, `execs/<exec id>.exit`: written when the process is reaped, so `delete` reports
-the truth instead of 137 even after the shim died), `shim.pid`, and the pid files runc writes.
+the truth instead of 137 even after the shim died), `delete.reply`, `shim.pid`, and the pid
+files runc writes.
 Lean: `start` and `delete` import it. Writes are atomic (O_EXCL|O_NOFOLLOW temp + rename);
-records are durable too (file and directory fsynced).
+records are durable too (file and directory fsynced: at once, or by the caller later).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pyshim import jsonlite
 
 ADDRESS = "address"
 EXIT_RECORD = "init.exit"
+#: What `delete` would print, left by a daemon whose own Delete of the init did everything
+#: `delete` does; the launcher (bin/pyshim) prints it without starting Python.
+DELETE_REPLY = "delete.reply"
 EXECS = "execs"  # per-exec files: <exec id>.exit, .pid, .json (exec ids are validated first)
 SHIM_PID = "shim.pid"
 OPTIONS = "options.json"
@@ -24,7 +28,8 @@ DEFAULT_BINARY = "runc"
 DEFAULT_ROOT = "/run/containerd/runc"
 
 
-def _write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool = False) -> None:
+def _write_atomically(path: str, text: str | bytes, mode: int = 0o644, *,
+                      durable: bool = False) -> None:
     """Replace `path` with `text`; a reader sees the old file or the new one, never a mix.
 
     The temporary name is unique and created O_EXCL|O_NOFOLLOW: a file or symlink planted
@@ -36,7 +41,7 @@ def _write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool 
     fd = os.open(temporary, flags, mode)
     try:
         try:
-            data = text.encode()
+            data = text.encode() if isinstance(text, str) else text
             while data:
                 data = data[os.write(fd, data):]
             if durable:
@@ -51,11 +56,22 @@ def _write_atomically(path: str, text: str, mode: int = 0o644, *, durable: bool 
             pass
         raise
     if durable:
-        directory_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
+        _fsync_path(directory or ".", os.O_DIRECTORY)
+
+
+def _fsync_path(path: str, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_durable(path: str) -> None:
+    """fsync a file written by `_write_atomically` without `durable`, then its directory
+    (for the rename): afterwards it is what `durable=True` would have left."""
+    _fsync_path(path)
+    _fsync_path(os.path.dirname(path) or ".", os.O_DIRECTORY)
 
 
 #: Public for the conmon front end's exit files (same guarantees, its own modes).
@@ -112,13 +128,15 @@ def exit_record_path(bundle: str, exec_id: str | None = None) -> str:
     return os.path.join(bundle, EXECS, exec_id + ".exit")
 
 
-def write_exit_record(path: str, record: ExitRecord) -> None:
-    """Durably, at reap time: a shim killed right after the exit still leaves the truth."""
+def write_exit_record(path: str, record: ExitRecord, *, durable: bool = True) -> None:
+    """At reap time: a shim killed right after the exit still leaves the truth (written is
+    enough for that: the kernel keeps it); `durable` also survives the host's crash, or call
+    `make_durable(path)` later."""
     _write_atomically(
         path,
         f'{{"status": {int(record.status)}, "exited_at_ns": {int(record.exited_at_ns)}, '
         f'"pid": {int(record.pid)}, "oom": {"true" if record.oom else "false"}}}',
-        durable=True,
+        durable=durable,
     )
 
 

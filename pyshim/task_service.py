@@ -38,6 +38,7 @@ from pyshim.protos.containerd.task.v2 import shim_pb2
 from pyshim.protos.containerd.types.task import task_pb2
 from pyshim.reaper import Reaper
 from pyshim.runtime import RuntimeConfig
+from pyshim.shim import delete as delete_action
 from pyshim.shim.errors import engine_errors_mapped
 from pyshim.ttrpc import CallContext
 from pyshim.ttrpc.status import (
@@ -266,6 +267,9 @@ class TaskService:
     async def _delete(self, container: Container, process: Process) -> shim_pb2.DeleteResponse:
         await process.state.delete()
         if process.is_init:
+            if container.deleted_cleanly:
+                # containerd runs `delete` next: it then needs no Python, no runc, no unmount.
+                delete_action.record_clean_delete(container.bundle)
             if self.containers.get(container.id) is container:
                 del self.containers[container.id]
             self.publisher.publish(
@@ -405,8 +409,9 @@ class TaskService:
     @engine_errors_mapped
     async def shutdown(self, request: Any, context: CallContext) -> empty_pb2.Empty:
         if not self.containers and not self._creating and self.on_last_shutdown is not None:
-            # After this reply is written: containerd expects the answer, then the close.
-            asyncio.get_running_loop().call_soon(self.on_last_shutdown)
+            # Before the reply (it must only schedule the close: containerd expects the
+            # answer, then the close): containerd runs `delete` as soon as it has the answer.
+            self.on_last_shutdown()
         return empty_pb2.Empty()
 
     async def close(self) -> None:

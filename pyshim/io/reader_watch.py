@@ -4,10 +4,10 @@ Never writes to the FIFO and never blocks the loop; a cancelled watch leaves no 
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import os
-import threading
 from collections.abc import Callable
 
 
@@ -22,13 +22,16 @@ class ReaderWatch:
     """
 
     def __init__(self, fd: int, callback: Callable[[], None], *, name: str) -> None:
+        self.name = name
         self._handle = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
         self._path = f"/proc/self/fd/{self._handle}"
         self._wake = -1
         self._loop = asyncio.get_running_loop()
         self._callback: Callable[[], None] | None = callback
-        thread = threading.Thread(target=self._wait, name=f"reader watch {name}", daemon=True)
-        thread.start()
+        # Not threading.Thread: its start() blocks the loop until the new thread has run, a
+        # scheduling round trip (milliseconds on a busy host) that an exit report would wait
+        # for (a `ctr run -d` container's FIFOs lose their reader as it exits).
+        _thread.start_new_thread(self._wait, ())
 
     def _wait(self) -> None:
         try:

@@ -63,6 +63,7 @@ class Relay(RelayTask):
         self._discard = False
         self._spool = spool
         self._reader_gone = False
+        self._holding = False  # output held since the reader went away (said once)
         self._reader_watch: ReaderWatch | None = None
         self._src_eof = False
         self.copied = 0
@@ -137,8 +138,7 @@ class Relay(RelayTask):
                     self._use_splice = False
                     return self._step()
                 if error.errno == errno.EPIPE:
-                    self._reader_lost()
-                    return 0
+                    return self._spliced_into_no_reader()
                 if error.errno == errno.EIO:  # pty master once every slave is closed
                     return None
                 raise
@@ -157,6 +157,25 @@ class Relay(RelayTask):
         self._flush()
         return len(data)
 
+    def _spliced_into_no_reader(self) -> int | None:
+        """splice's EPIPE: it checks for a reader before its input, so it also says EPIPE at
+        the input's EOF (a `ctr run -d` container exiting), where read/write sees the EOF
+        and nothing is held: that is the end, with no reader to wait for."""
+        try:
+            data = os.read(self.src, _READ_CHUNK)
+        except BlockingIOError:
+            data = None  # writers still there, nothing to read yet
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            data = b""
+        if data == b"":
+            return None
+        if data:
+            self._buffer = data  # held (or dropped) by _reader_lost, like a failed write's
+        self._reader_lost()
+        return 0
+
     def _flush(self) -> int:
         try:
             written = os.write(self.dst, self._buffer)
@@ -174,22 +193,29 @@ class Relay(RelayTask):
             self._discard = True
             self._buffer = b""
             return
-        if not self._reader_gone:
-            log.warning("relay %s: reader went away; holding output until it returns", self.name)
         self._reader_gone = True
         if self._buffer:
-            self._spool.append(self._buffer)
+            self._hold(self._buffer)
             self._buffer = b""
         if self._reader_watch is None:
             self._reader_watch = ReaderWatch(self.dst, self._reader_back, name=self.name)
         self._progress.set()
 
+    def _hold(self, data: bytes) -> None:
+        """Into the spool; said once per absence (not when the reader left with the output
+        at its end: a `ctr run -d` container's exit, where nothing is ever held)."""
+        assert self._spool is not None
+        if not self._holding:
+            self._holding = True
+            log.warning("relay %s: reader went away; holding output until it returns", self.name)
+        self._spool.append(data)
+
     def _reader_back(self) -> None:
         self._reader_watch = None
-        if self._reader_gone:
+        if self._reader_gone and self._holding:
             log.info("relay %s: a reader is back; replaying %d bytes", self.name,
                      len(self._spool) if self._spool is not None else 0)
-        self._reader_gone = False
+        self._reader_gone = self._holding = False
         self._progress.set()
         self._wakeup.set()
 
@@ -224,7 +250,7 @@ class Relay(RelayTask):
                     raise
                 data = b""
             if data:
-                self._spool.append(data)
+                self._hold(data)
                 self._progress.set()
                 await asyncio.sleep(0)
                 return False

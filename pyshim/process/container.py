@@ -92,6 +92,9 @@ class Container(ExitReporting, ExecManagement):
         self.private_pid_namespace = True
         self.cgroup: cgroups.Cgroup | None = None
         self.oom_killed = False
+        #: The init's delete removed runc's state and unmounted the rootfs: nothing is left
+        #: for a clean-up after the monitor (containerd's `delete` action) to do.
+        self.deleted_cleanly = False
         self._exec_starts = 0
         self._exec_change = asyncio.Event()
 
@@ -335,19 +338,23 @@ class Container(ExitReporting, ExecManagement):
         # Execs nobody deleted: their relays, fds, spools and files go with the container.
         for process in list(self.execs.values()):
             await process.operate(functools.partial(self._discard_exec, process))
-        await self._unmount_rootfs()
+        self.deleted_cleanly = await self._unmount_rootfs()
         if self.oom_watcher is not None:
             self.oom_watcher.remove(self.id)
         self.init.release_waiters(
             NotFound(f"container {self.id}: deleted before it exited", container_id=self.id))
 
-    async def _unmount_rootfs(self) -> None:
+    async def _unmount_rootfs(self) -> bool:
+        """Whether nothing we mounted is left (a failure is logged, never raised)."""
         if self.rootfs:
             try:
                 await mount.unmount_all_async(self.rootfs_path)
             except OSError as error:
                 log.warning("container %s: unmounting rootfs: %s", self.id, error)
+                self.rootfs = []
+                return False
             self.rootfs = []
+        return True
 
     async def close(self) -> None:
         """Monitor going away: stop watching (the processes are not ours to kill)."""

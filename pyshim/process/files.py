@@ -15,6 +15,7 @@ import os
 from typing import Protocol
 
 from pyshim import bundle as bundle_files
+from pyshim import durable
 from pyshim.bundle import ExitRecord
 
 __all__ = ["BundleFiles", "ContainerFiles", "ExitRecord"]
@@ -68,10 +69,15 @@ class BundleFiles:
         return os.path.join(self.bundle, "spool", "init" if exec_id is None else f"exec-{exec_id}")
 
     def record_exit(self, exec_id: str | None, record: ExitRecord) -> None:
-        bundle_files.write_exit_record(bundle_files.exit_record_path(self.bundle, exec_id), record)
+        # Written now (no crash of the shim or of containerd can lose it from here on), fsynced
+        # off the loop right after: the exit's event and Wait reply need not wait for the disk.
+        path = bundle_files.exit_record_path(self.bundle, exec_id)
+        bundle_files.write_exit_record(path, record, durable=False)
+        durable.sync_later(bundle_files.make_durable, path)
 
     def created(self, init_pid: int) -> None:
         bundle_files.write_shim_pid(self.bundle, os.getpid())
+        durable.prepare()  # record_exit's fsync worker, before any exit needs it
 
     def forget_exec(self, exec_id: str) -> None:
         directory = bundle_files.exec_dir(self.bundle)

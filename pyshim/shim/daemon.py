@@ -16,10 +16,11 @@ import os
 import resource  # noqa: F401  (imported here, in the fork-server: see below)
 import signal
 import socket
+from collections.abc import Callable
 
 import uvloop
 
-from pyshim import logfmt
+from pyshim import durable, logfmt
 from pyshim.events import Publisher
 from pyshim.oom import OOMWatcher
 from pyshim.ops import registry
@@ -172,13 +173,20 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     publisher.start()
     oom_watcher = OOMWatcher(loop)
     finished = asyncio.Event()
+    remove_socket_files = socket_files_remover(config.socket_path)
+
+    def last_shutdown() -> None:
+        # Before Shutdown's reply: containerd runs `delete` once it has it, and the launcher
+        # answers that from the bundle alone when our socket is gone (pyshim.shim.delete).
+        remove_socket_files()
+        finished.set()  # wakes the shutdown below after this turn, so the reply goes first
     service = TaskService(
         namespace=config.namespace,
         publisher=publisher,
         reaper=reaper,
         default_options=options,
         oom_watcher=oom_watcher,
-        on_last_shutdown=finished.set,
+        on_last_shutdown=last_shutdown,
     )
     introspect = Introspect(config, service)
     server = Server([*(bind(specs, service, name) for name, specs in TASK_SERVICES),
@@ -199,14 +207,26 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     log.info("shutting down", extra={"fields": {"containers": len(service.containers)}})
     introspect.uninstall_signal(loop)
     await server.close()
-    for path in (config.socket_path, lock_path(config.socket_path)):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    remove_socket_files()
     await publisher.close(timeout=5.0)
     await service.close()
     oom_watcher.close()
     reaper.uninstall()
+    durable.flush()  # the exit records' fsyncs (the daemon exits with os._exit)
     return 0
+
+
+def socket_files_remover(socket_path: str) -> Callable[[], None]:
+    """Removes our socket and its daemon lock, the first time it is called only: a start may
+    bind a new daemon's socket at that path as soon as ours is gone, and that one stays."""
+    pending = [socket_path, lock_path(socket_path)]
+
+    def remove() -> None:
+        while pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pending.pop(0))
+
+    return remove
 
 
 def fork_memory_dump() -> None:

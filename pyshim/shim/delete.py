@@ -3,6 +3,11 @@
 Idempotent and lean (no asyncio, no protobuf): `runc delete --force`, unmount the rootfs,
 remove a dead shim's socket, print a raw DeleteResponse. Reports the exit status the daemon
 recorded in the bundle when there is one (runc-v2 always says 137).
+
+containerd 1.6 runs `delete` after every task, also after a clean Delete and Shutdown. A daemon
+whose own Delete of the init did all of the above leaves the reply in `<bundle>/delete.reply`
+(`record_clean_delete`); the launcher (bin/pyshim) prints that file without starting Python
+once the daemon's socket is gone too.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import sys
 import time
 
 from pyshim.bundle import (
+    DELETE_REPLY,
     CorruptRecord,
+    ExitRecord,
     exit_record_path,
     read_exit_record,
     read_pid,
     runc_location,
+    write_atomically,
 )
 from pyshim.identifiers import InvalidIdentifier, validate
 from pyshim.shim import wire
@@ -81,21 +89,41 @@ def delete(args: ShimArgs) -> int:
         print(f"unmounting {bundle}/rootfs: {error}", file=sys.stderr)
     _remove_dead_socket(bundle)
     try:
-        pid = read_pid(os.path.join(bundle, "init.pid"))
-    except (OSError, ValueError):
-        pid = 0  # Create never got that far
-    status, exited_at = KILLED_STATUS, time.time_ns()
-    try:
         record = read_exit_record(exit_record_path(bundle))
     except CorruptRecord as error:
         # Reported, never trusted: containerd logs our stderr.
         print(f"container {args.id}: ignoring a corrupt exit record: {error}", file=sys.stderr)
         record = None
-    if record is not None:
-        status, exited_at = record.status, record.exited_at_ns
-    sys.stdout.buffer.write(
-        wire.encode_delete_response(pid, status, exited_at // 1_000_000_000,
-                                    exited_at % 1_000_000_000)
-    )
+    sys.stdout.buffer.write(_reply(bundle, record))
     sys.stdout.buffer.flush()
     return 0
+
+
+def _reply(bundle: str, record: ExitRecord | None) -> bytes:
+    """The DeleteResponse: the init's pid, and its recorded exit (else 137, now)."""
+    try:
+        pid = read_pid(os.path.join(bundle, "init.pid"))
+    except (OSError, ValueError):
+        pid = 0  # Create never got that far
+    status, exited_at = KILLED_STATUS, time.time_ns()
+    if record is not None:
+        status, exited_at = record.status, record.exited_at_ns
+    return wire.encode_delete_response(pid, status, exited_at // 1_000_000_000,
+                                       exited_at % 1_000_000_000)
+
+
+def record_clean_delete(bundle: str) -> bool:
+    """In the daemon, once its Delete of the init removed runc's state and unmounted the
+    rootfs: write the reply `delete` would print to `<bundle>/delete.reply`. Only with a
+    sound exit record (else `delete` itself decides); False when none was written."""
+    try:
+        record = read_exit_record(exit_record_path(bundle))
+    except CorruptRecord:
+        return False
+    if record is None:
+        return False
+    try:
+        write_atomically(os.path.join(bundle, DELETE_REPLY), _reply(bundle, record), 0o600)
+    except OSError:
+        return False
+    return True

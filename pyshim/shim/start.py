@@ -254,7 +254,8 @@ def start(args: ShimArgs, stdin: bytes) -> int:
 
 def _oom_score_adj(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/oom_score_adj", encoding="ascii") as score:
+        # Bytes: a text-mode open builds a decoder (~0.2 ms of every start).
+        with open(f"/proc/{pid}/oom_score_adj", "rb") as score:
             return int(score.read())
     except (OSError, ValueError):
         return None

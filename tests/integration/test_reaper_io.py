@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -280,3 +281,40 @@ def test_a_full_spool_counts_what_it_drops(short_tmp: Path) -> None:
     spool.append(b"d")  # empty again: memory first
     assert spool.peek(10) == b"d" and not (short_tmp / "spill").exists()
     spool.close()
+
+
+
+def test_output_that_ends_without_a_reader_and_nothing_held_just_ends(short_tmp: Path) -> None:
+    """splice says EPIPE, not EOF, when the output ends while the FIFO has no reader (a
+    `ctr run -d` container exiting): that is the end of the stream as read/write would see it,
+    nothing waits for a reader to replay nothing to, and the FIFO's writer is closed (a reader
+    opening it now gets EOF at once), as runc-v2 closes it. Nobody ever reads here."""
+    stdout_path = _fifo(short_tmp, "out")
+
+    async def scenario(reaper: Reaper) -> tuple[int, list[str]]:
+        spool = Spool(str(short_tmp / "spool"), limit=1 << 20, name="test stdout")
+        io = PipeIO(stdout=open_output(stdout_path, spool))
+        stdio = io.runtime_stdio()
+        _, exited = reaper.spawn(["/bin/true"], stdout=stdio.stdout)
+        await io.start()
+        status = (await exited).status
+        await io.wait_output()
+        for _ in range(500):  # up to 5 s (no reader ever comes)
+            if not _fds_on(stdout_path):
+                break
+            await asyncio.sleep(0.01)
+        still_open = _fds_on(stdout_path)
+        await io.close(drain_timeout=1)
+        return status, still_open
+
+    assert with_reaper(scenario) == (0, [])
+
+
+def _fds_on(path: str) -> list[str]:
+    """Our fds that refer to path (O_PATH handles too)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == path:
+                found.append(fd)
+    return found

@@ -14,11 +14,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pyshim"
 
-# The engine: processes, runtime, reaper, IO, logs, host plumbing, bundle records, errors.
+# The engine: processes, runtime, reaper, IO, logs, host plumbing, bundle records (and their
+# fsyncs), errors.
 ENGINE = (
     "pyshim.errors", "pyshim.process", "pyshim.runtime", "pyshim.reaper", "pyshim.io",
     "pyshim.logs", "pyshim.mount", "pyshim.umount", "pyshim.cgroups", "pyshim.oom",
-    "pyshim.bundle", "pyshim.jsonlite", "pyshim.environ_table",
+    "pyshim.bundle", "pyshim.jsonlite", "pyshim.environ_table", "pyshim.durable",
 )
 # What it must never reach, named for the message (everything outside ENGINE is refused).
 FRONT_ENDS = ("pyshim.ttrpc", "pyshim.protos", "pyshim.shim", "pyshim.task_service",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,18 @@ def test_bootstrap_for_another_id_is_treated_as_options() -> None:
     params = bootstrap_pb2.BootstrapParams(instance_id="other", namespace="default")
     given = read_start_input(params.SerializeToString(), parse(START_ARGV))
     assert not given.bootstrap
+
+
+#: What `start` and `delete` must never import: each costs every container start or delete
+#: milliseconds of a fresh interpreter (typing alone ~7 ms: re, enum, collections, functools).
+HEAVY_MODULES = ("typing", "re", "enum", "dataclasses", "asyncio", "json", "hashlib",
+                 "google.protobuf", "uvloop")
+
+
+def test_start_and_delete_paths_import_nothing_heavy() -> None:
+    code = (f"import sys; sys.path[:0] = {sys.path!r}; "
+            "import pyshim.main, pyshim.shim.start, pyshim.shim.forkclient, pyshim.shim.delete; "
+            f"print(' '.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == []
