@@ -33,6 +33,7 @@ from typing import Any
 import uvloop
 from google.protobuf import any_pb2, empty_pb2
 
+from pyshim import durable
 from pyshim.events import EVENTS_SERVICE
 from pyshim.ops import registry
 from pyshim.protos.containerd.runc.v1 import options_pb2
@@ -107,7 +108,7 @@ def enabled() -> bool:
 def rehearse(parent: str, runtime_script: str = STAND_IN_RUNTIME) -> bool:
     """Run one daemon life in this process, in a private directory under `parent`; whether
     it completed. Leaves this process as it found it: fds, signal dispositions, subreaper
-    flag, environment, no child left (`runtime_script` is for tests)."""
+    flag, environment, no child and no thread left (`runtime_script` is for tests)."""
     workdir = tempfile.mkdtemp(prefix="rehearsal-", dir=parent)
     open_fds = set(os.listdir("/proc/self/fd"))
     saved_stderr = os.dup(2)
@@ -127,6 +128,8 @@ def rehearse(parent: str, runtime_script: str = STAND_IN_RUNTIME) -> bool:
         log.warning("rehearsal failed (daemons will cost more memory): %r", error)
         completed = False
     finally:
+        # The daemon's fsync worker thread: the fork-server must fork with no other thread.
+        durable.stop()
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
         daemon.set_subreaper(False)

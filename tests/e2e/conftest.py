@@ -484,6 +484,10 @@ def warm_up_forkserver(
     container_id = unique_id("warm-up")
     containerd.ctr("run", "--rm", "--runtime", PYSHIM_RUNTIME, "--rootfs", str(rootfs),
                    container_id, "/bin/true", namespace=namespace)
+    # containerd does not wait for a shim to exit after its last Shutdown (the daemon ends a
+    # few ms later): tests that count shims start without this one.
+    wait_until(lambda: not shim_processes(containerd, container_id), timeout=10,
+               what=f"the warm-up shim of {container_id} exits")
     return wait_for_forkserver(containerd)
 
 

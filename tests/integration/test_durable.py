@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -58,3 +59,38 @@ def test_make_durable_syncs_a_written_record(tmp_path: Path) -> None:
     make_durable(path)  # the file and its directory exist: no error
     with pytest.raises(FileNotFoundError):
         make_durable(str(tmp_path / "gone.exit"))
+
+
+def test_a_forked_child_gets_its_own_worker(tmp_path: Path) -> None:
+    # The fork-server ran a worker (its rehearsal) before forking daemons: a child must not
+    # queue to a thread that stayed behind in its parent, or its exit would wait the whole
+    # flush bound (seen: every daemon lingered 5 s after its last Shutdown).
+    durable.sync_later(lambda path: None, str(tmp_path / "parent"))
+    assert durable.flush(10)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            synced: list[str] = []
+            durable.sync_later(synced.append, str(tmp_path / "child"))
+            flushed = durable.flush(10)
+            own = durable.worker_thread() not in (None, threading.get_ident())
+            os.write(write_end, repr((flushed, own, synced)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as report:
+        result = report.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert result == repr((True, True, [str(tmp_path / "child")]))
+
+
+def test_stop_ends_the_worker_thread(tmp_path: Path) -> None:
+    durable.sync_later(lambda path: None, str(tmp_path / "x"))
+    before = len(os.listdir("/proc/self/task"))
+    assert durable.stop(10)
+    assert durable.worker_thread() is None
+    assert len(os.listdir("/proc/self/task")) == before - 1

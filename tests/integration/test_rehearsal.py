@@ -53,6 +53,7 @@ def snapshot():
         "subreaper": flag.value,
         "environ": dict(os.environ),
         "children": children,
+        "threads": sorted(os.listdir("/proc/self/task")),
     }
 
 parent, script = sys.argv[1], sys.argv[2]
