@@ -153,6 +153,12 @@ def serve(config: DaemonConfig, listener: socket.socket) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # SIGUSR1 asks for a debug dump (installed once the loop runs): never fatal meanwhile.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # SIGINT ends us as it would any daemon until _serve's own handler (a clean shutdown) is
+    # installed. Left at Python's default, asyncio.Runner (in uvloop.run) would install its
+    # KeyboardInterrupt handler, a partial over the main task, and uvloop's
+    # add_signal_handler, replacing it, would format its repr (asyncio's task-repr and
+    # inspect code): ~140 KiB of pages copied from the fork-server in every daemon.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     configure_logging(config)
     return uvloop.run(_serve(config, listener))
 
