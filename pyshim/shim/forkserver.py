@@ -70,6 +70,12 @@ def main(argv: list[str]) -> int:
     address = argv[1] if len(argv) == 2 else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s forkserver[%(process)d] %(levelname)s %(message)s")
+    # Records without the caller's file and line, thread or multiprocessing names (documented
+    # switches; neither our format nor the daemons' logfmt shows them): each daemon's log
+    # lines then run less of logging's Python code (docs/memory.md).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     lock = files.take_lock(path)
     if lock is None:
         return 0  # another fork-server serves this address
