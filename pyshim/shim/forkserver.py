@@ -197,9 +197,13 @@ def _child(connection: socket.socket, stamp: str) -> None:
     forked it. Never returns."""
     code = 1
     try:
+        # Plain try/except, not contextlib.suppress: every distinct Python function a daemon
+        # runs copies pages of the fork-server's into it (docs/memory.md).
         for fd in _own_fds:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (see above)
                 os.close(fd)
+            except OSError:
+                pass
         for signum in (signal.SIGCHLD, signal.SIGTERM, HANDOVER_SIGNAL):
             signal.signal(signum, signal.SIG_DFL)
         request = _read_request(connection, stamp)
