@@ -160,7 +160,12 @@ def serve(config: DaemonConfig, listener: socket.socket) -> int:
     # inspect code): ~140 KiB of pages copied from the fork-server in every daemon.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     configure_logging(config)
-    return uvloop.run(_serve(config, listener))
+    # uvloop.run's Runner, without Runner.run's per-call set-up (a copied context, the SIGINT
+    # handler checks, a wrapper coroutine): code each daemon would run once, copying its pages
+    # from the fork-server. Closing is the Runner's own (remaining tasks cancelled, async
+    # generators and the default executor shut down, the loop closed).
+    with asyncio.Runner(loop_factory=uvloop.Loop) as runner:
+        return runner.get_loop().run_until_complete(_serve(config, listener))
 
 
 async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
