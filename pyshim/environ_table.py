@@ -31,6 +31,12 @@ def replace(environment: dict[str, str]) -> None:
         _TABLE[encoded_name] = encoded_value
 
 
+def get(name: str) -> str | None:
+    """`os.environ.get(name)`."""
+    value = _TABLE.get(name.encode(_ENCODING, "surrogateescape"))
+    return None if value is None else value.decode(_ENCODING, "surrogateescape")
+
+
 def copy_without(excluded: str) -> dict[str, str]:
     """`{k: v for k, v in os.environ.items() if k != excluded}`."""
     excluded_key = excluded.encode(_ENCODING, "surrogateescape")

@@ -77,10 +77,12 @@ def configure(
     return install(handler, level=level)
 
 
-def install(handler: logging.Handler, *, level: int = logging.INFO) -> logging.Handler:
+def install(handler: logging.Handler, *, level: int = logging.INFO,
+            root: logging.Logger | None = None) -> logging.Handler:
     """Make `handler` (made by the caller, maybe long before) the only one of every pyshim
-    logger, at `level`."""
-    root = logging.getLogger("pyshim")
+    logger (`root`: the "pyshim" logger, if the caller has it already), at `level`."""
+    if root is None:
+        root = logging.getLogger("pyshim")
     root.handlers[:] = [handler]
     if root.level != level:  # setLevel walks every logger (clearing caches) even if unchanged
         root.setLevel(level)

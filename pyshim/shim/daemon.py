@@ -19,7 +19,7 @@ import socket
 
 import uvloop
 
-from pyshim import logfmt
+from pyshim import environ_table, logfmt
 from pyshim.events import Publisher
 from pyshim.oom import OOMWatcher
 from pyshim.ops import registry
@@ -33,10 +33,12 @@ from pyshim.task_service import TaskService
 from pyshim.ttrpc import Server, bind, method_specs
 
 log = logging.getLogger("pyshim.shim")
-# A daemon's usual level, set here, at import (in the fork-server): then the daemon's own
+# The "pyshim" logger, looked up here, once (getLogger runs logging's manager code), and a
+# daemon's usual level, set here, at import (in the fork-server): then the daemon's own
 # configure_logging does not call setLevel, which walks every logger of the process and so
 # copies their pages into each daemon.
-logging.getLogger("pyshim").setLevel(logging.INFO)
+_PYSHIM_LOGGER = logging.getLogger("pyshim")
+_PYSHIM_LOGGER.setLevel(logging.INFO)
 
 # What a daemon would otherwise import on first use, each import running importlib's Python
 # code in every daemon (~250 KiB of private pages together): `resource` (os.wait4, the
@@ -112,7 +114,8 @@ def configure_logging(config: DaemonConfig) -> None:
     _LOG_FORMATTER.fields.clear()
     _LOG_FORMATTER.fields.update(
         namespace=config.namespace, runtime=RUNTIME_NAME, pid=os.getpid())
-    logfmt.install(_LOG_HANDLER, level=logging.DEBUG if config.debug else logging.INFO)
+    logfmt.install(_LOG_HANDLER, level=logging.DEBUG if config.debug else logging.INFO,
+                   root=_PYSHIM_LOGGER)
 
 
 def become_subreaper() -> None:
@@ -197,7 +200,7 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, finished.set)
     introspect.install_signal(loop)
-    if os.environ.get(MEMORY_DUMP_VARIABLE) == "1":
+    if environ_table.get(MEMORY_DUMP_VARIABLE) == "1":
         loop.add_signal_handler(MEMORY_DUMP_SIGNAL, fork_memory_dump)
     await server.start(listener)
     entry = introspect.register()

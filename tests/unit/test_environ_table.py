@@ -49,3 +49,12 @@ def test_copy_without() -> None:
     assert environ_table.copy_without("NOTIFY_SOCKET") == {
         key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
     assert "PYSHIM_TEST_ODD" in environ_table.copy_without("NOTIFY_SOCKET")
+
+
+@pytest.mark.usefixtures("saved_environment")
+def test_get_is_os_environ_get() -> None:
+    os.environ["PYSHIM_TEST_GET"] = "nouveau \u00e9"
+    os.environ["PYSHIM_TEST_RAW"] = "bad\udcff"
+    os.environ.pop("PYSHIM_TEST_ABSENT", None)
+    for name in ("PYSHIM_TEST_GET", "PYSHIM_TEST_RAW", "PYSHIM_TEST_ABSENT"):
+        assert environ_table.get(name) == os.environ.get(name)
