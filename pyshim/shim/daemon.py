@@ -16,6 +16,7 @@ import os
 import resource  # noqa: F401  (imported here, in the fork-server: see below)
 import signal
 import socket
+import threading
 
 import uvloop
 
@@ -98,14 +99,35 @@ class _NonBlockingStream:
         pass
 
 
+class _LogHandler(logging.Handler):
+    """A StreamHandler onto _LOG_STREAM whose handle() does it all in one method (filters,
+    lock, format, write, error handling): logging's Handler.handle/acquire/emit/format/
+    flush/release are as many distinct Python functions, whose pages every daemon would
+    copy from the fork-server at its first log line."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if self.filters and not self.filter(record):
+            return False
+        try:
+            line = _LOG_FORMATTER.format(record) + "\n"
+            with _LOG_LOCK:
+                _LOG_STREAM.write(line)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+        return True
+
+
 #: The daemon's log handler, stream and formatter, made here, at import (in the fork-server,
 #: which never installs them): a daemon only fills in its fields and installs them, instead
 #: of each running logging's Handler and Formatter set-up code. fd 2 is the bundle's log FIFO
 #: once the daemon has detached (daemonize.detach_stdio).
 _LOG_STREAM = _NonBlockingStream(2)
 _LOG_FORMATTER = logfmt.LogfmtFormatter()
-_LOG_HANDLER = logging.StreamHandler(_LOG_STREAM)
+_LOG_HANDLER = _LogHandler()
 _LOG_HANDLER.setFormatter(_LOG_FORMATTER)
+_LOG_LOCK = threading.RLock()  # the reader-watch and mount threads log too
 
 
 def configure_logging(config: DaemonConfig) -> None:
