@@ -71,8 +71,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s forkserver[%(process)d] %(levelname)s %(message)s")
     # Records without the caller's file and line, thread or multiprocessing names (documented
-    # switches; neither our format nor the daemons' logfmt shows them): each daemon's log
-    # lines then run less of logging's Python code (docs/memory.md).
+    # switches; neither our format nor the daemons' logfmt shows them; nothing of ours asks
+    # for stack_info, which this also turns off): each daemon's log lines then run less of
+    # logging's Python code (docs/memory.md).
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
