@@ -16,7 +16,6 @@ import os
 import resource  # noqa: F401  (imported here, in the fork-server: see below)
 import signal
 import socket
-import threading
 
 import uvloop
 
@@ -108,9 +107,11 @@ class _LogHandler(logging.Handler):
     def handle(self, record: logging.LogRecord) -> bool:
         if self.filters and not self.filter(record):
             return False
+        lock = self.lock  # logging's own handler lock (re-initialised in forked children)
+        assert lock is not None  # made by Handler.__init__
         try:
             line = _LOG_FORMATTER.format(record) + "\n"
-            with _LOG_LOCK:
+            with lock:
                 _LOG_STREAM.write(line)
         except RecursionError:
             raise
@@ -127,7 +128,6 @@ _LOG_STREAM = _NonBlockingStream(2)
 _LOG_FORMATTER = logfmt.LogfmtFormatter()
 _LOG_HANDLER = _LogHandler()
 _LOG_HANDLER.setFormatter(_LOG_FORMATTER)
-_LOG_LOCK = threading.RLock()  # the reader-watch and mount threads log too
 
 
 def configure_logging(config: DaemonConfig) -> None:
