@@ -54,17 +54,24 @@ class LogfmtFormatter(logging.Formatter):
         self.fields = dict(fields or {})
 
     def format(self, record: logging.LogRecord) -> str:
+        # rfc3339_nano, record.getMessage and a generator inlined: in a shim daemon forked
+        # from the fork-server, each distinct Python function run copies pages of its code
+        # (docs/memory.md); the output is the same.
         time_ns = getattr(record, "time_ns", None) or int(record.created * 1e9)
-        message = record.getMessage()
+        seconds, nanos = divmod(time_ns, 1_000_000_000)
+        message = str(record.msg)
+        if record.args:
+            message = message % record.args
         parts = [
-            f"time={quote(rfc3339_nano(time_ns))}",
+            f'time="{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))}.{nanos:09d}Z"',
             f"level={_LEVEL_NAMES.get(record.levelno, record.levelname.lower())}",
             f"msg={quote(message)}",
         ]
         if record.exc_info and record.exc_info[1] is not None:
             parts.append(f"error={quote(record.exc_info[1])}")
         fields = {**self.fields, **getattr(record, "fields", {})}
-        parts.extend(f"{key}={quote(value)}" for key, value in fields.items())
+        for key, value in fields.items():
+            parts.append(f"{key}={quote(value)}")
         return " ".join(parts)
 
 
@@ -77,10 +84,12 @@ def configure(
     return install(handler, level=level)
 
 
-def install(handler: logging.Handler, *, level: int = logging.INFO) -> logging.Handler:
+def install(handler: logging.Handler, *, level: int = logging.INFO,
+            root: logging.Logger | None = None) -> logging.Handler:
     """Make `handler` (made by the caller, maybe long before) the only one of every pyshim
-    logger, at `level`."""
-    root = logging.getLogger("pyshim")
+    logger (`root`: the "pyshim" logger, if the caller has it already), at `level`."""
+    if root is None:
+        root = logging.getLogger("pyshim")
     root.handlers[:] = [handler]
     if root.level != level:  # setLevel walks every logger (clearing caches) even if unchanged
         root.setLevel(level)

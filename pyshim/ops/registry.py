@@ -15,13 +15,16 @@ import os
 from _json import encode_basestring_ascii  # json.dumps' own string encoder (C)
 from dataclasses import dataclass
 
+from pyshim import environ_table
+
 RUN_DIR_VARIABLE = "PYSHIM_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/pyshim"
 SUFFIX = ".json"
 
 
 def run_dir() -> str:
-    return os.environ.get(RUN_DIR_VARIABLE) or DEFAULT_RUN_DIR
+    # Not os.environ.get: see environ_table (a daemon registers itself at start-up).
+    return environ_table.get(RUN_DIR_VARIABLE) or DEFAULT_RUN_DIR
 
 
 def registry_dir() -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import uvloop
 
-from pyshim import durable, logfmt
+from pyshim import durable, environ_table, logfmt
 from pyshim.events import Publisher
 from pyshim.oom import OOMWatcher
 from pyshim.ops import registry
@@ -34,10 +34,12 @@ from pyshim.task_service import TaskService
 from pyshim.ttrpc import Server, bind, method_specs
 
 log = logging.getLogger("pyshim.shim")
-# A daemon's usual level, set here, at import (in the fork-server): then the daemon's own
+# The "pyshim" logger, looked up here, once (getLogger runs logging's manager code), and a
+# daemon's usual level, set here, at import (in the fork-server): then the daemon's own
 # configure_logging does not call setLevel, which walks every logger of the process and so
 # copies their pages into each daemon.
-logging.getLogger("pyshim").setLevel(logging.INFO)
+_PYSHIM_LOGGER = logging.getLogger("pyshim")
+_PYSHIM_LOGGER.setLevel(logging.INFO)
 
 # What a daemon would otherwise import on first use, each import running importlib's Python
 # code in every daemon (~250 KiB of private pages together): `resource` (os.wait4, the
@@ -97,13 +99,35 @@ class _NonBlockingStream:
         pass
 
 
+class _LogHandler(logging.Handler):
+    """A StreamHandler onto _LOG_STREAM whose handle() does it all in one method (filters,
+    lock, format, write, error handling): logging's Handler.handle/acquire/emit/format/
+    flush/release are as many distinct Python functions, whose pages every daemon would
+    copy from the fork-server at its first log line."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if self.filters and not self.filter(record):
+            return False
+        lock = self.lock  # logging's own handler lock (re-initialised in forked children)
+        assert lock is not None  # made by Handler.__init__
+        try:
+            line = _LOG_FORMATTER.format(record) + "\n"
+            with lock:
+                _LOG_STREAM.write(line)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+        return True
+
+
 #: The daemon's log handler, stream and formatter, made here, at import (in the fork-server,
 #: which never installs them): a daemon only fills in its fields and installs them, instead
 #: of each running logging's Handler and Formatter set-up code. fd 2 is the bundle's log FIFO
 #: once the daemon has detached (daemonize.detach_stdio).
 _LOG_STREAM = _NonBlockingStream(2)
 _LOG_FORMATTER = logfmt.LogfmtFormatter()
-_LOG_HANDLER = logging.StreamHandler(_LOG_STREAM)
+_LOG_HANDLER = _LogHandler()
 _LOG_HANDLER.setFormatter(_LOG_FORMATTER)
 
 
@@ -113,7 +137,8 @@ def configure_logging(config: DaemonConfig) -> None:
     _LOG_FORMATTER.fields.clear()
     _LOG_FORMATTER.fields.update(
         namespace=config.namespace, runtime=RUNTIME_NAME, pid=os.getpid())
-    logfmt.install(_LOG_HANDLER, level=logging.DEBUG if config.debug else logging.INFO)
+    logfmt.install(_LOG_HANDLER, level=logging.DEBUG if config.debug else logging.INFO,
+                   root=_PYSHIM_LOGGER)
 
 
 def become_subreaper() -> None:
@@ -154,8 +179,19 @@ def serve(config: DaemonConfig, listener: socket.socket) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # SIGUSR1 asks for a debug dump (installed once the loop runs): never fatal meanwhile.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # SIGINT ends us as it would any daemon until _serve's own handler (a clean shutdown) is
+    # installed. Left at Python's default, asyncio.Runner (in uvloop.run) would install its
+    # KeyboardInterrupt handler, a partial over the main task, and uvloop's
+    # add_signal_handler, replacing it, would format its repr (asyncio's task-repr and
+    # inspect code): ~140 KiB of pages copied from the fork-server in every daemon.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     configure_logging(config)
-    return uvloop.run(_serve(config, listener))
+    # uvloop.run's Runner, without Runner.run's per-call set-up (a copied context, the SIGINT
+    # handler checks, a wrapper coroutine): code each daemon would run once, copying its pages
+    # from the fork-server. Closing is the Runner's own (remaining tasks cancelled, async
+    # generators and the default executor shut down, the loop closed).
+    with asyncio.Runner(loop_factory=uvloop.Loop) as runner:
+        return runner.get_loop().run_until_complete(_serve(config, listener))
 
 
 async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
@@ -194,7 +230,7 @@ async def _serve(config: DaemonConfig, listener: socket.socket) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, finished.set)
     introspect.install_signal(loop)
-    if os.environ.get(MEMORY_DUMP_VARIABLE) == "1":
+    if environ_table.get(MEMORY_DUMP_VARIABLE) == "1":
         loop.add_signal_handler(MEMORY_DUMP_SIGNAL, fork_memory_dump)
     await server.start(listener)
     entry = introspect.register()

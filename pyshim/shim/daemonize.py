@@ -41,8 +41,7 @@ def become_daemon(
         _join_shim_cgroup(config.options)
         if oom_score_adj is not None:
             # The kernel should prefer the shim over containerd (raising is always allowed).
-            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as score:
-                score.write(str(min(oom_score_adj + 1, 1000)))
+            write_best_effort("/proc/self/oom_score_adj", str(min(oom_score_adj + 1, 1000)))
         from pyshim.shim.daemon import serve
 
         if not isinstance(listener, socket.socket):  # start's lean _socket.socket
@@ -68,6 +67,24 @@ def own_listener(socket_path: str) -> bool:
     return True
 
 
+def write_best_effort(path: str, text: str) -> bool:
+    """Write `text` to an existing file (a /proc or cgroup knob); whether it was taken.
+    Bytes through os.write, no contextlib: a text-mode file runs codecs' Python encoder
+    set-up, and every distinct Python function a daemon runs copies pages of the
+    fork-server's into it (docs/memory.md)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, text.encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 #: Where each options type keeps shim_cgroup: runc Options field 3; the legacy CreateOptions
 #: (containerd's Go client sends it for WithShimCgroup to runtimes other than runc) field 9.
 SHIM_CGROUP_FIELD = {"containerd.runc.v1.Options": 3, "containerd.linux.runc.CreateOptions": 9}
@@ -88,9 +105,9 @@ def _join_shim_cgroup(options: tuple[str, bytes]) -> None:
             os.path.join("/sys/fs/cgroup", controller, cgroup, "cgroup.procs")
             for controller in os.listdir("/sys/fs/cgroup")
         ]
+    pid = str(os.getpid())
     for procs in candidates:
-        with contextlib.suppress(OSError), open(procs, "w") as target:
-            target.write(str(os.getpid()))
+        write_best_effort(procs, pid)
 
 
 def detach_stdio(log_fd: int) -> None:

@@ -70,6 +70,13 @@ def main(argv: list[str]) -> int:
     address = argv[1] if len(argv) == 2 else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s forkserver[%(process)d] %(levelname)s %(message)s")
+    # Records without the caller's file and line, thread or multiprocessing names (documented
+    # switches; neither our format nor the daemons' logfmt shows them; nothing of ours asks
+    # for stack_info, which this also turns off): each daemon's log lines then run less of
+    # logging's Python code (docs/memory.md).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     lock = files.take_lock(path)
     if lock is None:
         return 0  # another fork-server serves this address
@@ -191,9 +198,13 @@ def _child(connection: socket.socket, stamp: str) -> None:
     forked it. Never returns."""
     code = 1
     try:
+        # Plain try/except, not contextlib.suppress: every distinct Python function a daemon
+        # runs copies pages of the fork-server's into it (docs/memory.md).
         for fd in _own_fds:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (see above)
                 os.close(fd)
+            except OSError:
+                pass
         for signum in (signal.SIGCHLD, signal.SIGTERM, HANDOVER_SIGNAL):
             signal.signal(signum, signal.SIG_DFL)
         request = _read_request(connection, stamp)

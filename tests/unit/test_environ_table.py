@@ -49,3 +49,29 @@ def test_copy_without() -> None:
     assert environ_table.copy_without("NOTIFY_SOCKET") == {
         key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
     assert "PYSHIM_TEST_ODD" in environ_table.copy_without("NOTIFY_SOCKET")
+
+
+@pytest.mark.usefixtures("saved_environment")
+def test_get_is_os_environ_get() -> None:
+    os.environ["PYSHIM_TEST_GET"] = "nouveau \u00e9"
+    os.environ["PYSHIM_TEST_RAW"] = "bad\udcff"
+    os.environ.pop("PYSHIM_TEST_ABSENT", None)
+    for name in ("PYSHIM_TEST_GET", "PYSHIM_TEST_RAW", "PYSHIM_TEST_ABSENT"):
+        assert environ_table.get(name) == os.environ.get(name)
+
+
+@pytest.mark.usefixtures("saved_environment")
+def test_replace_changes_only_what_differs() -> None:
+    os.environ["PYSHIM_TEST_KEEP"] = "same"
+    os.environ["PYSHIM_TEST_CHANGE"] = "old"
+    os.environ["PYSHIM_TEST_GONE"] = "stale"
+    table = os.environ._data  # type: ignore[attr-defined]
+    kept = table[b"PYSHIM_TEST_KEEP"]
+    wanted = {**os.environ, "PYSHIM_TEST_CHANGE": "new", "PYSHIM_TEST_ADDED": "added"}
+    del wanted["PYSHIM_TEST_GONE"]
+    environ_table.replace(wanted)
+    assert dict(os.environ) == wanted
+    assert table[b"PYSHIM_TEST_KEEP"] is kept  # untouched, not replaced by an equal copy
+    shown = _child_environment()
+    assert b"PYSHIM_TEST_CHANGE=new" in shown and b"PYSHIM_TEST_ADDED=added" in shown
+    assert not any(line.startswith(b"PYSHIM_TEST_GONE=") for line in shown)

@@ -46,3 +46,12 @@ def test_configure_routes_pyshim_loggers() -> None:
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert 'level=info msg=serving pid=7' in lines[0]
+
+
+def test_the_time_field_is_the_records_time_as_rfc3339_nano() -> None:
+    arguments = ({"a": "x", "b": 1},)
+    record = logging.LogRecord("pyshim", logging.INFO, __file__, 1, "%(a)s=%(b)d", arguments,
+                               None)
+    record.time_ns = 1700000000_000000005
+    line = LogfmtFormatter().format(record)
+    assert line == f'time="{rfc3339_nano(1700000000_000000005)}" level=info msg="x=1"'
