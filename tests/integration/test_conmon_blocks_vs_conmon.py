@@ -30,9 +30,12 @@ RUNTIME = f"""#!/bin/sh
 while [ $# -gt 0 ]; do
   case "$1" in --pid-file) pidfile=$2; shift;; esac; shift
 done
-# From a subshell that exits at once, so this shell can never reap a payload that exits
-# fast: it is the monitor's to reap, as a container started by runc is.
-( /bin/sh -c '{PAYLOAD}' & printf %s $! > "$pidfile" )
+# Started by a process that never waits (posix_spawn, then exit): a shell, even a subshell
+# that exits at once, may reap a payload that exits fast, and the monitor would wait for it
+# forever. The payload is the monitor's to reap, as a container started by runc is.
+PAYLOAD='{PAYLOAD}' PIDFILE=$pidfile /usr/bin/python3 -I -S -c 'import os
+pid = os.posix_spawn("/bin/sh", ["sh", "-c", os.environ["PAYLOAD"]], os.environ)
+open(os.environ["PIDFILE"], "w").write(str(pid))'
 """
 EXIT_COMMAND = """#!/bin/sh
 { printf '%s|' "$@"; cat "$PERSIST/exit"; } > "$OUT"

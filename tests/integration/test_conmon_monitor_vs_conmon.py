@@ -42,9 +42,13 @@ while [ $# -gt 0 ]; do
   case "$1" in --pid-file) pidfile=$2; shift;; create|exec) command=$1;; esac; shift
 done
 case $command in create|exec) ;; *) exit 0;; esac
-# In a subshell that exits at once: the payload is never a child of this shell (which could
-# reap it if it exited fast), only of the monitor, as runc leaves a container's process.
-( setsid /bin/sh -c "$PAYLOAD" </dev/null & printf %s $! > "$pidfile" )
+# Started by a process that never waits (posix_spawn, then exit): a shell, even a subshell
+# that exits at once, may reap a payload that exits fast, and the monitor would wait for it
+# forever. The payload is only the monitor's child, as runc leaves a container's process.
+PIDFILE=$pidfile /usr/bin/python3 -I -S -c 'import os
+pid = os.posix_spawn("/bin/sh", ["sh", "-c", os.environ["PAYLOAD"]], os.environ, setsid=True,
+                     file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)])
+open(os.environ["PIDFILE"], "w").write(str(pid))'
 """
 
 def test_the_crio_handler_names_the_installed_monitor_and_runc() -> None:
