@@ -114,6 +114,9 @@ def rehearse(parent: str, runtime_script: str = STAND_IN_RUNTIME) -> bool:
     saved_stderr = os.dup(2)
     saved_environ = os.environ.get(registry.RUN_DIR_VARIABLE)
     saved_handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    # A stop asked for meanwhile (SIGTERM, or a successor's handover) must reach the
+    # fork-server, not the rehearsing daemon's handlers: held until the end.
+    saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
     try:
         # The daemon logs to fd 2, ours is the fork-server's log: its lines go nowhere.
         null = os.open(os.devnull, os.O_WRONLY)
@@ -149,9 +152,13 @@ def rehearse(parent: str, runtime_script: str = STAND_IN_RUNTIME) -> bool:
             with contextlib.suppress(OSError):
                 os.close(int(name))
         shutil.rmtree(workdir, ignore_errors=True)
+        # With the dispositions as found: a held SIGTERM acts now as it would have before.
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)
     return completed
 
 
+#: Signals that ask the fork-server to stop (SIGUSR2: a successor's handover).
+_HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
 #: What a daemon's start-up sets (or its loop does): restored after the rehearsal.
 _SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
             signal.SIGPIPE)

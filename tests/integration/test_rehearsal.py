@@ -5,6 +5,8 @@ not, leave that process exactly as it found it (it forks every daemon after)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +59,7 @@ def snapshot():
     }
 
 parent, script = sys.argv[1], sys.argv[2]
+os.environ["REHEARSING_PID"] = str(os.getpid())  # for stand-in runtimes that signal us
 before = snapshot()
 kwargs = {"runtime_script": open(script).read()} if script != "-" else {}
 completed = rehearsal.rehearse(parent, **kwargs)
@@ -66,7 +69,8 @@ print(json.dumps({"completed": completed, "before": before, "after": after,
 """
 
 
-def run_probe(tmp_path: Path, runtime_script: str | None = None) -> tuple[dict[str, Any], str]:
+def run_probe(tmp_path: Path, runtime_script: str | None = None,
+              status: int = 0) -> tuple[dict[str, Any], str]:
     script = "-"
     if runtime_script is not None:
         script = str(tmp_path / "runtime.sh")
@@ -77,8 +81,9 @@ def run_probe(tmp_path: Path, runtime_script: str | None = None) -> tuple[dict[s
         [sys.executable, "-c", PROBE, str(parent), script], capture_output=True, text=True,
         timeout=60, cwd=ROOT, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                                    "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout), result.stderr
+    assert result.returncode == status, result.stderr
+    return (json.loads(result.stdout) if status == 0 else {"left": os.listdir(parent)},
+            result.stderr)
 
 
 def assert_left_as_found(report: dict[str, Any]) -> None:
@@ -114,3 +119,13 @@ def test_rehearsal_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not rehearsal.enabled()
     monkeypatch.delenv(rehearsal.REHEARSAL_VARIABLE)
     assert rehearsal.enabled()
+
+
+def test_a_stop_asked_for_during_the_rehearsal_stops_the_process(tmp_path: Path) -> None:
+    # SIGTERM while the rehearsing daemon's own handlers are installed (the stand-in runtime
+    # sends it at create): it is held, then acted on as before, not taken for the daemon's.
+    script = rehearsal.STAND_IN_RUNTIME.replace(
+        'case "$command" in',
+        '[ "$command" = create ] && kill -TERM "$REHEARSING_PID"\ncase "$command" in', 1)
+    report, _ = run_probe(tmp_path, script, status=-signal.SIGTERM)
+    assert report["left"] == []
