@@ -129,3 +129,46 @@ def test_a_stop_asked_for_during_the_rehearsal_stops_the_process(tmp_path: Path)
         '[ "$command" = create ] && kill -TERM "$REHEARSING_PID"\ncase "$command" in', 1)
     report, _ = run_probe(tmp_path, script, status=-signal.SIGTERM)
     assert report["left"] == []
+
+
+#: The fork-server's own rehearsal step (forkserver._rehearse): with colocation on, a first
+#: rehearsal records the functions a daemon calls, their code objects are copied side by
+#: side, and a second rehearsal warms the copies.
+COLOCATE_PROBE = r"""
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from pyshim.shim import colocate, daemon, forkserver, rehearsal
+for module in forkserver.PRELOAD:
+    __import__(module)
+serve_code, frame_code = daemon._serve.__code__, forkserver._become_daemon.__code__
+forkserver._rehearse(rehearsal, sys.argv[1])
+print(json.dumps({
+    "serve_moved": daemon._serve.__code__ is not serve_code,
+    "serve_kept": any(code is serve_code for code in colocate._retired),
+    "uncalled_moved": forkserver._become_daemon.__code__ is not frame_code,
+    "retired": len(colocate._retired),
+}))
+"""
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_forkserver_copies_the_code_a_rehearsal_runs_side_by_side(
+        tmp_path: Path, enabled: bool) -> None:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(ROOT)}
+    if not enabled:
+        env["PYSHIM_FORKSERVER_COLOCATE"] = "0"
+    result = subprocess.run([sys.executable, "-c", COLOCATE_PROBE, str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "rehearsal failed" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["uncalled_moved"] is False  # a rehearsal never runs the fork child's path
+    assert os.listdir(tmp_path) == []
+    if enabled:
+        assert report["serve_moved"] is True and report["serve_kept"] is True
+        assert report["retired"] > 100, report  # ~520 on Python 3.11
+        assert "colocated the code of" in result.stderr
+    else:
+        assert report == {"serve_moved": False, "serve_kept": False, "uncalled_moved": False,
+                          "retired": 0}
+        assert "colocated" not in result.stderr
