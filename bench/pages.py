@@ -21,6 +21,9 @@ Each private page's KiB are shared out among the objects on it in proportion to 
 there (any of them being written copies the whole page); a page with no object counts as
 ``(no Python object)``: malloc'd buffers (uvloop, protobuf, OpenSSL), dict and list tables
 (only object headers are located), free pymalloc blocks, C libraries' data.
+The objects found written are listed one by one too, with a name that tells them apart (a
+code object's qualified name, file and line; a function's or class's qualified name; the
+start of a string's repr).
 
 The module of an object is the first module whose namespace reaches it (a class or function
 belongs to the module that defines it); ``~mod`` = reached from no module, named by the
@@ -46,7 +49,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -228,6 +231,8 @@ class Dump:
     objects: list[tuple[int, int, str, str]]
     #: sys.modules, in import order
     modules: list[str]
+    #: start → what tells the object apart (memdump.short_name), where it has one
+    names: dict[int, str] = field(default_factory=dict)
 
 
 def request_objects(pid: int, timeout: float = 60.0) -> Dump:
@@ -244,21 +249,30 @@ def request_objects(pid: int, timeout: float = 60.0) -> Dump:
         if time.monotonic() > deadline:
             raise DumpUnavailable(f"no object dump {path} from pid {pid} within {timeout} s")
         time.sleep(0.05)
-    found = []
-    modules: list[str] = []
     try:
-        with path.open() as dump:
-            for line in dump:
-                if line.startswith("# modules: "):
-                    modules = line.split()[2:]
-                if line.startswith("#"):
-                    continue
-                address, size, type_name, module = line.split(" ", 3)
-                found.append((int(address, 16), int(size), type_name, module.rstrip("\n")))
+        with path.open(encoding="utf-8") as dump:
+            return parse_dump(dump)
     finally:
         path.unlink(missing_ok=True)
+
+
+def parse_dump(lines: Iterable[str]) -> Dump:
+    """A dump's lines (pyshim.shim.memdump.write_dump) as a Dump."""
+    found = []
+    modules: list[str] = []
+    names: dict[int, str] = {}
+    for line in lines:
+        if line.startswith("# modules: "):
+            modules = line.split()[2:]
+        if line.startswith("#"):
+            continue
+        address, size, type_name, module, name = line.rstrip("\n").split(" ", 4)
+        start = int(address, 16)
+        found.append((start, int(size), type_name, module))
+        if name:
+            names[start] = name
     found.sort()
-    return Dump(found, modules)
+    return Dump(found, modules, names)
 
 
 #: What the fork-server imports before it forks (pyshim/shim/forkserver.py main), replayed in
@@ -297,6 +311,9 @@ class Attribution:
     by_module: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     no_object: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     written: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: (start, type, module) of each object found written → its private KiB
+    by_object: defaultdict[tuple[int, str, str], float] = field(
+        default_factory=lambda: defaultdict(float))
     #: copied pages whose bytes differ from the fork-server's / equal to them (written and
     #: then restored, e.g. a reference count up and down again) / new pages
     pages_diff: int = 0
@@ -335,7 +352,8 @@ def attribute(found: list[Region], objects: list[tuple[int, int, str, str]],
                     if index is None:
                         result.no_object[region.name] += share
                         continue
-                    _, _, type_name, module = overlaps[index]
+                    start, _, type_name, module = overlaps[index]
+                    result.by_object[(start, type_name, module)] += share
                     result.by_type[type_name] += share
                     result.by_module[module] += share
                     result.written[type_name] += 1
@@ -374,8 +392,17 @@ def region_totals(found: list[Region]) -> list[tuple[str, float, float, float]]:
                   key=lambda row: -(row[1] + row[2]))
 
 
+def written_objects(attribution: Attribution, names: dict[int, str],
+                    top: int) -> list[tuple[float, str, str, str]]:
+    """(private KiB, type, module, name) of the objects found written, most KiB first."""
+    rows = sorted(attribution.by_object.items(), key=lambda item: (-item[1], item[0]))
+    return [(kib, type_name, module, names.get(start, ""))
+            for (start, type_name, module), kib in rows[:top]]
+
+
 def report(pid: int, forkserver: int | None, found: list[Region], summary: Rollup,
-           attribution: Attribution | None, top: int) -> str:
+           attribution: Attribution | None, top: int,
+           names: dict[int, str] | None = None) -> str:
     copied = sum(region.copied for region in found) * PAGE_KIB
     new = sum(region.new for region in found) * PAGE_KIB
     lines = [
@@ -408,11 +435,17 @@ def report(pid: int, forkserver: int | None, found: list[Region], summary: Rollu
                                 attribution.written)):
             lines += ["", f"top {title}:"]
             lines += [f"  {kib:8.1f}  {name}" for name, kib in most(counter)[:top]]
+        if attribution.by_object:
+            lines += ["", "top objects found written, by private KiB (type, module, name):"]
+            lines += [f"  {kib:8.1f}  {type_name}  {module}  {name}".rstrip()
+                      for kib, type_name, module, name
+                      in written_objects(attribution, names or {}, top)]
     return "\n".join(lines)
 
 
 def as_json(pid: int, forkserver: int | None, found: list[Region], summary: Rollup,
-            attribution: Attribution | None) -> str:
+            attribution: Attribution | None, names: dict[int, str] | None = None,
+            top: int = 25) -> str:
     return json.dumps({
         "pid": pid, "forkserver": forkserver,
         "rollup_kib": {**asdict(summary), "uss": summary.uss},
@@ -420,6 +453,10 @@ def as_json(pid: int, forkserver: int | None, found: list[Region], summary: Roll
                         for name, c, n, s in region_totals(found)],
         "modules_kib": dict(most(attribution.by_module)) if attribution else None,
         "types_kib": dict(most(attribution.by_type)) if attribution else None,
+        "written_objects": [
+            {"kib": kib, "type": type_name, "module": module, "name": name}
+            for kib, type_name, module, name in written_objects(attribution, names or {}, top)
+        ] if attribution else None,
     }, indent=1)
 
 
@@ -451,15 +488,17 @@ def analyse(pid: int, forkserver: int | None, objects: bool, top: int = 25,
         leave_out(found, since)
     attribution = None
     late: list[str] = []
+    names: dict[int, str] = {}
     if objects:
         written = written_words(pid, forkserver, found) if forkserver else None
         dump = request_objects(pid)
         attribution = attribute(found, dump.objects, written)
+        names = dump.names
         before = forkserver_modules()
         late = [name for name in dump.modules if name not in before]
     if as_json_output:
-        return as_json(pid, forkserver, found, summary, attribution)
-    text = report(pid, forkserver, found, summary, attribution, top)
+        return as_json(pid, forkserver, found, summary, attribution, names, top)
+    text = report(pid, forkserver, found, summary, attribution, top, names)
     if since is not None:
         text = ("(only the pages that became private since the previous step; the "
                 "smaps_rollup line is the whole daemon's)\n" + text)

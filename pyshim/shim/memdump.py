@@ -29,23 +29,26 @@ def dump_path(pid: int) -> str:
 def write_dump(path: str) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     temp = f"{path}.tmp"
-    with open(temp, "w") as out:
-        out.write("# address size type module (pyshim.shim.memdump)\n")
+    with open(temp, "w", encoding="utf-8", errors="backslashreplace") as out:
+        out.write("# address size type module name (pyshim.shim.memdump)\n")
         out.write("# modules: " + " ".join(sys.modules) + "\n")  # in import order
-        for address, size, type_name, module in objects():
-            out.write(f"{address:x} {size} {type_name} {module}\n")
+        for address, size, type_name, module, name in objects():
+            out.write(f"{address:x} {size} {type_name} {module} {name}\n")
     os.rename(temp, path)
 
 
-def objects() -> Iterator[tuple[int, int, str, str]]:
-    """(start address, bytes, type, module) of every object reachable from the modules or
-    tracked by the collector. The module is the first module whose namespace reaches the
+def objects() -> Iterator[tuple[int, int, str, str, str]]:
+    """(start address, bytes, type, module, name) of every object reachable from the modules
+    or tracked by the collector. The module is the first module whose namespace reaches the
     object, never crossing into another module or into a class or function defined in
-    another one; an object no module reaches gets `~<module of its type>`."""
+    another one; an object no module reaches gets `~<module of its type>`. The name (see
+    `short_name`) may be empty."""
     owner: dict[int, str] = {}
     found: dict[int, object] = {}
     modules = [(name, module) for name, module in list(sys.modules.items())
                if isinstance(module, types.ModuleType)]
+    # Walked last: it keeps the code objects it replaced, whose constants the copies share.
+    modules.sort(key=lambda item: item[0] in _WALKED_LAST)
     for name, module in modules:
         _claim(module, name, owner, found)
     for name, module in modules:
@@ -57,7 +60,32 @@ def objects() -> Iterator[tuple[int, int, str, str]]:
     for key, obj in found.items():
         start, size = _extent(obj)
         kind = type(obj)
-        yield start, size, f"{getattr(kind, '__module__', '?')}.{kind.__qualname__}", owner[key]
+        yield (start, size, f"{getattr(kind, '__module__', '?')}.{kind.__qualname__}",
+               owner[key], short_name(obj))
+
+
+#: Modules that hold other modules' objects (pyshim.shim.colocate's replaced code objects),
+#: so these go to their own modules first.
+_WALKED_LAST = frozenset({"pyshim.shim.colocate"})
+
+#: Longest name written for an object (a string's or bytes' repr is cut there).
+NAME_LIMIT = 60
+
+
+def short_name(obj: object) -> str:
+    """What tells this object from others of its type, on one line: a code object's
+    qualified name with its file and first line, a function's or class's qualified name,
+    the start of a string's or bytes' repr; empty for other objects."""
+    if isinstance(obj, types.CodeType):
+        filename = obj.co_filename.rsplit("/", 1)[-1]
+        return f"{obj.co_qualname} ({filename}:{obj.co_firstlineno})"
+    if isinstance(obj, (types.FunctionType, type)):
+        name = getattr(obj, "__qualname__", "")
+        return name if isinstance(name, str) else ""
+    if isinstance(obj, (str, bytes)):
+        text = repr(obj[:NAME_LIMIT])  # never the repr of a long object
+        return text if len(obj) <= NAME_LIMIT else text + "..."
+    return ""
 
 
 def _claim(obj: object, module: str, owner: dict[int, str], found: dict[int, object]) -> bool:
