@@ -560,13 +560,15 @@ def document(args: argparse.Namespace, results: Results, rows: list[Row], wall_s
         "## How each figure is measured",
         "",
         f"- **Memory**: for N in {counts}, one configuration at a time: start N idle containers "
-        f"(`ctr run -d … /bin/sleep 100000`, in sequence), wait {args.settle:g} s, sum `Pss:` "
-        "and `Rss:` of `/proc/PID/smaps_rollup` over the shim processes (each container's "
-        "shim daemon and its descendants without the container's own processes; for pyshim "
-        "also the fork-server), divide by N; then kill and delete all and wait until the "
+        "(`ctr run -d … /bin/sleep 100000`, in sequence), find the shim processes (each "
+        "container's shim daemon and its descendants without the container's own processes, "
+        "found through `ctr task ls`, which calls every shim's State; for pyshim also the "
+        f"fork-server), leave them idle {args.settle:g} s, sum `Pss:` and `Rss:` of "
+        "`/proc/PID/smaps_rollup` over them, divide by N, check they are still the shim "
+        "processes; then kill and delete all and wait until the "
         "shims are gone. RSS counts shared pages once per process, PSS divides them among "
         "the sharers. *with KSM*: the bench sets `/sys/kernel/mm/ksm/run` = 1 and "
-        "`pages_to_scan` = 5000, waits after the last start for the settle time and until ksmd "
+        "`pages_to_scan` = 5000, waits after the State calls for the settle time and until ksmd "
         "did at least 3 more `full_scans` and `pages_sharing` changed by at most 1 % over the "
         "last one (timeout 180 s), measures, and restores every value it changed at the end.",
         f"- **Latencies**: {args.rounds} rounds after one warm-up round, the configurations "

@@ -170,12 +170,17 @@ def rollup(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
-def shim_memory(
+def shim_pids(
     containerd: PrivateContainerd, config: Config, container_ids: Collection[str]
-) -> Memory:
-    """Memory of every shim process serving these containers: the daemons and their helpers
-    (never the containers' processes, runc, containerd or ctr), plus the fork-server for
-    ``pyshim``. Checks first that each container has one daemon, forked the right way."""
+) -> set[int]:
+    """Every shim process serving these containers: the daemons and their helpers (never the
+    containers' processes, runc, containerd or ctr), plus the fork-server for ``pyshim``.
+    Checks that each container has one daemon, forked the right way.
+
+    The containers' own processes are found through ``ctr task ls``, for which containerd
+    asks every shim for its State: a call that writes pages in each shim (for pyshim, the
+    reference counts of the code it runs, which undoes KSM's merging of those pages). So
+    look the processes up before the shims settle, not right before measuring them."""
     daemons = daemons_of(containerd, container_ids)
     check_origin(containerd, config, daemons)
     try:
@@ -194,9 +199,16 @@ def shim_memory(
             raise BenchError(f"{config.name}: expected one fork-server, found "
                              f"{[server.pid for server in servers]}")
         pids.add(servers[0].pid)
+    return pids
+
+
+def memory_of(pids: Collection[int]) -> Memory:
+    """PSS and RSS summed over these processes; BenchError if one is gone."""
     pss = rss = 0
     for pid in pids:
         one_pss, one_rss = rollup(pid)
+        if one_rss == 0:
+            raise BenchError(f"shim process {pid} is gone (or has no memory) at measurement")
         pss += one_pss
         rss += one_rss
     return Memory(pss, rss, len(pids))
