@@ -301,6 +301,8 @@ class TaskService:
 
     @engine_errors_mapped
     async def state(self, request: Any, context: CallContext) -> shim_pb2.StateResponse:
+        await self.container(request.id).process(request.exec_id).until_idle()
+        # Looked up again: an operation waited for may have deleted it (NOT_FOUND then).
         container = self.container(request.id)
         process = container.process(request.exec_id)
         return shim_pb2.StateResponse(

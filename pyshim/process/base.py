@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyshim.process")
 T = TypeVar("T")
+
+#: How long a State waits for the operations in flight on its process (see `until_idle`).
+STATE_WAIT_BOUND = 1.0
 # Operations still running whose callers may be gone (a strong reference keeps them alive).
 _OPERATIONS: set[asyncio.Task[Any]] = set()
 
@@ -109,6 +112,22 @@ class Process:
     async def _serialised(self, operation: Callable[[], Awaitable[T]]) -> T:
         async with self._lock:
             return await operation()
+
+    async def until_idle(self, bound: float = STATE_WAIT_BOUND) -> None:
+        """Wait until the operations in flight or queued on this process are done, at most
+        `bound` seconds.
+
+        So a State reflects what runc did, as the Go shim's does (its Status takes the
+        process lock): after a Resume whose caller gave up, State must not say PAUSED while
+        runc is resuming. Past the bound it returns anyway (a hung runc must not wedge
+        State; the status then says what is in flight where it can: PAUSING)."""
+        if not self._lock.locked():
+            return
+        try:
+            async with asyncio.timeout(bound), self._lock:
+                pass
+        except TimeoutError:
+            pass
 
     def transition(self, state: ProcessState) -> None:
         self.state = state

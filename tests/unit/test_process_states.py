@@ -181,3 +181,64 @@ def test_wait_returns_the_recorded_exit() -> None:
         return await waiter
 
     assert run(scenario()) == (137, 1_700_000_000_000_000_000)
+
+
+def test_until_idle_waits_for_an_operation_whose_caller_gave_up() -> None:
+    # A Resume whose caller's deadline passed goes on; a State asked meanwhile must wait for
+    # it (as the Go shim's Status takes the process lock), not say PAUSED while runc resumes.
+    container, init = make_init()
+    run(init.state.start())
+    run(init.state.pause())
+    resuming = asyncio.Event()
+
+    async def slow_resume() -> None:
+        resuming.set()
+        await asyncio.sleep(0.05)
+        container.calls.append("resume")
+
+    container.runtime_resume = slow_resume  # type: ignore[method-assign]
+
+    async def scenario() -> Status:
+        caller = asyncio.ensure_future(init.operate(init.state.resume))
+        await resuming.wait()
+        caller.cancel()  # the caller gives up; the resume goes on
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert status(init) is Status.PAUSED  # what State would have said before
+        await init.until_idle(bound=5.0)
+        return status(init)
+
+    assert run(scenario()) is Status.RUNNING
+    assert container.calls == ["start", "pause", "resume"]
+
+
+def test_until_idle_gives_up_after_its_bound_on_a_hung_operation() -> None:
+    container, init = make_init()
+    run(init.state.start())
+    release, started = asyncio.Event(), asyncio.Event()
+
+    async def hung_pause() -> None:
+        started.set()
+        await release.wait()
+
+    container.runtime_pause = hung_pause  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[Status, bool]:
+        pausing = asyncio.ensure_future(init.operate(init.state.pause))
+        await started.wait()
+        await init.until_idle(bound=0.01)  # returns although the pause is still in flight
+        seen = (status(init), pausing.done())
+        release.set()
+        await pausing
+        return seen
+
+    assert run(scenario()) == (Status.PAUSING, False)
+    assert status(init) is Status.PAUSED
+
+
+def test_until_idle_returns_at_once_with_nothing_in_flight() -> None:
+    _, init = make_init()
+
+    waiting = init.until_idle(bound=3600)
+    with pytest.raises(StopIteration):  # done at its first step: it never suspends
+        waiting.send(None)
