@@ -70,10 +70,14 @@ def private_containerd(
     new_parents = [parent for parent in parents if not parent.exists()]
     base = Path(tempfile.mkdtemp(prefix="pyshim-b-", dir="/tmp"))
     path = None
-    if wrappers is not None:
-        wrappers(base / "wrappers")
-        path = f"{base / 'wrappers'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
-    containerd = start_shim_containerd(base, path=path)
+    try:
+        if wrappers is not None:
+            wrappers(base / "wrappers")
+            path = f"{base / 'wrappers'}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
+        containerd = start_shim_containerd(base, path=path)  # stops itself if it fails
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)  # a failed start stopped what it started
+        raise
     try:
         yield containerd, make_busybox_rootfs(base / "rootfs")
     finally:
