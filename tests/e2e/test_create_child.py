@@ -84,8 +84,9 @@ def test_a_failed_runc_create_is_the_same_error_either_way(setup: Setup, in_chil
     assert error.message == f"container {container_id}: OCI runtime create failed: {error.cause}"
     assert (error.command, error.exit_status) == ("create", 1)
     assert b'exec: "/nonexistent"' in error.stderr
-    assert files.exits == []
+    assert files.exits == []  # no process existed: no exit recorded
     assert not (setup.runc_root / container_id).exists()  # deleted (--force) after the failure
+    assert os.path.getsize(setup.oci_log) > 0  # runc's own log, where its message came from
 
 
 def test_a_container_on_an_overlay_mounted_by_the_create_child(setup: Setup) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +24,6 @@ import prctl
 import pytest
 import uvloop
 
-from pyshim import errors
 from pyshim.io import PipeIO, StdioConfig
 from pyshim.io.pipes import open_file_target
 from pyshim.process import Container, ContainerConfig, ExitRecord, Process
@@ -188,26 +186,3 @@ def test_a_container_and_an_exec_session_with_a_conmon_like_configuration(setup:
     assert not (setup.runc_root / container_id).exists()  # deleted
 
 
-def test_a_failed_create_carries_runcs_message_and_stderr(setup: Setup) -> None:
-    setup.write_spec(["/nonexistent"])
-    container_id = unique_id("engine-fail")
-    files = SessionFiles(setup.base / "files")
-
-    async def scenario(reaper: Reaper) -> errors.RuntimeFailed:
-        container = Container(container_id=container_id, bundle=str(setup.bundle),
-                              config=setup.config(), reaper=reaper, listener=Quiet(),
-                              files=files)
-        try:
-            with pytest.raises(errors.RuntimeFailed) as raised:
-                await container.create([], StdioConfig(), io=pipes_to(setup.base, "init"))
-            return raised.value
-        finally:
-            await container.close()
-
-    error = run_as_subreaper(scenario)
-    assert 'exec: "/nonexistent"' in error.cause
-    assert error.message == f"container {container_id}: OCI runtime create failed: {error.cause}"
-    assert b'exec: "/nonexistent"' in error.stderr  # what conmon puts in its sync message
-    assert files.exits == []  # no process existed: no exit recorded
-    assert not (setup.runc_root / container_id).exists()  # the half-created container is gone
-    assert os.path.getsize(setup.oci_log) > 0
