@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 #: How long a State waits for the operations in flight on its process (see `until_idle`).
 STATE_WAIT_BOUND = 1.0
+
 # Operations still running whose callers may be gone (a strong reference keeps them alive).
 _OPERATIONS: set[asyncio.Task[Any]] = set()
 
